@@ -1,0 +1,87 @@
+"""Helpers shared by the `ials` subcommands: pack resolution, latent files, devices."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.pack import ModelPack
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def resolve_pack_path(pack: str | None) -> Path:
+    """The pack named on the command line, or the configured default (`IALS_PACK_PATH`)."""
+    from service.config import get_settings
+
+    path = Path(pack) if pack else get_settings().pack_path
+    if not (path / "manifest.json").is_file():
+        where = "given with --pack" if pack else "configured as the default (IALS_PACK_PATH)"
+        raise CliError(f"no model pack at {path} ({where}): a pack is a folder with a manifest.json")
+    return path
+
+
+def load_pack_for_cli(pack: str | None, device: str) -> ModelPack:
+    """Load a pack with its hashes checked, turning format errors into a CLI error."""
+    from models.pack import PackError, load_pack
+
+    path = resolve_pack_path(pack)
+    try:
+        return load_pack(path, device)
+    except PackError as exc:
+        raise CliError(f"cannot load pack {path}: {exc}") from exc
+
+
+def load_latent_file(path: str, *, w_dim: int, num_ws: int) -> np.ndarray:
+    """Read a `.npy` latent safely (`allow_pickle=False`) as `[N, w_dim]` or `[N, num_ws, w_dim]`.
+
+    Accepted shapes: `[w_dim]` and `[1, w_dim]` (one `w`), `[num_ws, w_dim]` (one `w+`),
+    `[N, w_dim]` (N codes `w`, N != num_ws), `[N, num_ws, w_dim]`.
+    """
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read latent {path}: {exc}") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        raise CliError(f"latent {path} must hold a numeric array, got dtype {getattr(array, 'dtype', None)}")
+    return normalize_latent(array.astype(np.float32), w_dim=w_dim, num_ws=num_ws, name=path)
+
+
+def normalize_latent(array: np.ndarray, *, w_dim: int, num_ws: int, name: str = "latent") -> np.ndarray:
+    """Shape rules of `load_latent_file`, on an array already in memory."""
+    shape = tuple(array.shape)
+    if not np.isfinite(array).all():
+        raise CliError(f"{name} holds NaN or infinite values")
+    if shape == (w_dim,):
+        return array[None]
+    if array.ndim == 2 and shape[1] == w_dim:
+        return array[None] if shape[0] == num_ws and num_ws != 1 else array
+    if array.ndim == 3 and shape[1:] == (num_ws, w_dim):
+        return array
+    raise CliError(
+        f"{name} must have shape [{w_dim}], [N, {w_dim}] or [N, {num_ws}, {w_dim}], got {list(shape)}"
+    )
+
+
+def pick_device(name: str) -> torch.device:
+    """A torch device from its name, with a clear error when CUDA is asked for and absent."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def fail(message: str) -> int:
+    """Print a one-line error to stderr and return the exit status of a usage error."""
+    sys.stderr.write(f"ials: error: {message}\n")
+    return 2

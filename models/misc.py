@@ -1,0 +1,69 @@
+"""Small helpers shared by the networks and the algorithms: shape checks and constructor records."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["assert_shape", "record_init_kwargs"]
+
+
+def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[int | None]) -> None:
+    """Assert that `tensor` has the shape `ref_shape`, where `None` matches any size.
+
+    Args:
+        tensor: The tensor to check.
+        ref_shape: Expected sizes, one per dimension; `None` is a wildcard.
+
+    Raises:
+        AssertionError: On a wrong number of dimensions or a wrong size. These are programmer
+            errors; user input is validated before it reaches models/.
+    """
+    if tensor.ndim != len(ref_shape):
+        raise AssertionError(
+            f"Wrong number of dimensions: got {tensor.ndim} {tuple(tensor.shape)}, expected {len(ref_shape)}"
+        )
+    for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape, strict=True)):
+        if ref_size is not None and size != ref_size:
+            raise AssertionError(
+                f"Wrong size for dimension {idx}: got {size} in {tuple(tensor.shape)}, expected {ref_size}"
+            )
+
+
+ModuleT = TypeVar("ModuleT", bound=type)
+
+
+def record_init_kwargs(cls: ModuleT) -> ModuleT:
+    """Class decorator: store every constructor argument, defaults included, in `self.init_kwargs`.
+
+    The record is what a model pack's manifest writes for a network, so that `cls(**init_kwargs)`
+    rebuilds the same architecture. Variadic keyword arguments are flattened into the dict.
+    Positional-only or variadic positional parameters are not supported.
+    """
+    init: Callable[..., None] = cls.__init__  # type: ignore[misc]
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        record: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                record.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                raise TypeError(f"{cls.__name__}: variadic positional arguments cannot be recorded")
+            else:
+                record[name] = value
+        init(self, *args, **kwargs)
+        # Set after __init__ (nn.Module.__init__ must run first); a decorated subclass overwrites
+        # the record of its decorated base, because its wrapper returns last.
+        object.__setattr__(self, "init_kwargs", record)
+
+    cls.__init__ = wrapped  # type: ignore[misc]
+    return cls

@@ -1,0 +1,165 @@
+"""`ials render` and `ials edit` on a tiny real pack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli.main import main
+from models.ials import render_frames
+from models.pack import load_pack
+from models.sampling import sample_ws
+
+
+def test_render_seed_to_png_and_npy_match(tiny_pack_path: Path, tmp_path: Path) -> None:
+    assert (
+        main(["render", "--pack", str(tiny_pack_path), "--seed", "3", "--out", str(tmp_path / "a.png")]) == 0
+    )
+    assert (
+        main(["render", "--pack", str(tiny_pack_path), "--seed", "3", "--out", str(tmp_path / "a.npy")]) == 0
+    )
+    picture = np.asarray(Image.open(tmp_path / "a.png"))
+    raw = np.load(tmp_path / "a.npy")
+    assert picture.shape == (16, 16, 3) and raw.shape == (1, 3, 16, 16) and raw.dtype == np.float32
+    expected = np.clip(raw[0].transpose(1, 2, 0) * 127.5 + 128, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(picture, expected)
+
+    # The same seed through the library, with the pack's default psi.
+    pack = load_pack(tiny_pack_path, "cpu")
+    ws = sample_ws(pack.generator, [3], truncation_psi=pack.defaults["truncation_psi"], device="cpu")
+    np.testing.assert_array_equal(raw, render_frames(pack.generator, ws, device="cpu").numpy())
+
+
+def test_render_latent_shapes(tiny_pack_path: Path, tmp_path: Path) -> None:
+    pack = load_pack(tiny_pack_path, "cpu")
+    w = pack.w_avg.numpy()  # [w_dim]
+    for name, latent, count in [
+        ("w", w, 1),
+        ("w1", w[None], 1),
+        ("wplus", np.repeat(w[None], pack.num_ws, axis=0), 1),
+        ("batch", np.stack([w, w, w]), 3),
+    ]:
+        np.save(tmp_path / f"{name}.npy", latent)
+        out = tmp_path / f"{name}.png"
+        assert (
+            main(
+                [
+                    "render",
+                    "--pack",
+                    str(tiny_pack_path),
+                    "--latent",
+                    str(tmp_path / f"{name}.npy"),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        written = [out] if count == 1 else [tmp_path / f"{name}-{i:04d}.png" for i in range(count)]
+        assert all(path.is_file() for path in written)
+    # w broadcast to every row renders the same picture as the explicit w+.
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "w.png")), np.asarray(Image.open(tmp_path / "wplus.png"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("latent", "message"),
+    [
+        (np.zeros((5, 7), np.float32), "must have shape"),
+        (np.full((32,), np.nan, np.float32), "NaN"),
+        (np.array([{"a": 1}], dtype=object), "cannot read latent"),
+    ],
+)
+def test_render_refuses_bad_latents(
+    tiny_pack_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], latent: np.ndarray, message: str
+) -> None:
+    path = tmp_path / "bad.npy"
+    np.save(path, latent, allow_pickle=True)
+    assert (
+        main(
+            ["render", "--pack", str(tiny_pack_path), "--latent", str(path), "--out", str(tmp_path / "x.png")]
+        )
+        == 2
+    )
+    assert message in capsys.readouterr().err
+
+
+def test_missing_pack_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "--pack", str(tmp_path), "--seed", "1", "--out", str(tmp_path / "x.png")]) == 2
+    assert "no model pack" in capsys.readouterr().err
+
+
+def test_edit_writes_frames_latents_and_scores(tiny_pack_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edit"
+    argv = [
+        "edit",
+        "--pack",
+        str(tiny_pack_path),
+        "--seed",
+        "5",
+        "--primal",
+        "smiling",
+        "--conditions",
+        "young",
+        "--steps",
+        "4",
+        "--step",
+        "0.5",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    frames = sorted((out / "frames").glob("frame_*.png"))
+    assert len(frames) == 5
+    latents = np.load(out / "latents.npy")
+    assert latents.shape == (5, 6, 32)
+    scores = json.loads((out / "scores.json").read_text())["frames"]
+    assert [frame["frame"] for frame in scores] == [0, 1, 2, 3, 4]
+    assert set(scores[0]["steering"]) == {"smiling", "young"}
+    assert set(scores[0]["evaluator"]) == {"smiling"}  # young has no evaluator in this pack
+    # Frame 0 is the seed's face, and the saved frames are the renders of the saved latents.
+    pack = load_pack(tiny_pack_path, "cpu")
+    images = render_frames(pack.generator, torch.from_numpy(latents), device="cpu")
+    expected = np.clip(images.numpy().transpose(0, 2, 3, 1) * 127.5 + 128, 0, 255).astype(np.uint8)
+    for path, picture in zip(frames, expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), picture)
+    ws0 = sample_ws(pack.generator, [5], truncation_psi=pack.defaults["truncation_psi"], device="cpu")
+    np.testing.assert_array_equal(latents[0], ws0[0].numpy())
+    # The scores are the steering classifiers' probabilities of those frames.
+    smiling = pack.attributes["smiling"].steering.probability(images)
+    np.testing.assert_allclose([f["steering"]["smiling"] for f in scores], smiling.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--primal", "bald"], "unknown attribute 'bald'"),
+        (["--primal", "smiling", "--conditions", "smiling"], "cannot also be a condition"),
+        (
+            ["--primal", "young", "--conditions", "smiling", "--directions", "ganspace"],
+            "no 'ganspace' direction",
+        ),
+        (["--primal", "smiling", "--steps", "0"], "steps"),
+    ],
+)
+def test_edit_refuses_bad_requests(
+    tiny_pack_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    argv = ["edit", "--pack", str(tiny_pack_path), "--seed", "1", "--out", str(tmp_path / "e"), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("ials")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    for command in ("serve", "render", "edit"):
+        assert command in result.stdout
