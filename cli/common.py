@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,11 +73,51 @@ def normalize_latent(array: np.ndarray, *, w_dim: int, num_ws: int, name: str = 
     )
 
 
+MAX_SEED = 2**32 - 1  # What np.random.RandomState accepts, as NVIDIA's generate.py seeds it.
+MAX_STEPS = 1000
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seeds lie in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def steps_arg(text: str) -> int:
+    """argparse type: a number of edit steps in [1, MAX_STEPS]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"steps lie in [1, {MAX_STEPS}], got {value}")
+    return value
+
+
+def finite_float_arg(text: str) -> float:
+    """argparse type: a finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
 def pick_device(name: str) -> torch.device:
     """A torch device from its name, with a clear error when CUDA is asked for and absent."""
     import torch
 
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise CliError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"device {name!r} asked for, but CUDA is not available on this machine")
     return device

@@ -9,37 +9,57 @@ from typing import Any
 
 import numpy as np
 
-from cli.common import CliError, load_latent_file, load_pack_for_cli, pick_device
+from cli.common import (
+    CliError,
+    finite_float_arg,
+    load_latent_file,
+    load_pack_for_cli,
+    pick_device,
+    seed_arg,
+    steps_arg,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack", help="model pack folder (default: the configured default pack)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--seed", type=int, help="seed of a generated face")
+    source.add_argument("--seed", type=seed_arg, help="seed of a generated face")
     source.add_argument("--latent", help=".npy latent of one face: [w_dim], [1, w_dim] or [num_ws, w_dim]")
     parser.add_argument("--primal", required=True, help="attribute to change")
     parser.add_argument("--conditions", nargs="*", default=[], help="attributes to keep")
-    parser.add_argument("--steps", type=int, default=None, help="number of steps (default: the pack's)")
+    parser.add_argument("--steps", type=steps_arg, default=None, help="number of steps (default: the pack's)")
     parser.add_argument(
         "--step",
-        type=float,
+        type=finite_float_arg,
         default=None,
         help="step size k; its sign chooses increase (+) or decrease (-) (default: the pack's, increasing)",
     )
     parser.add_argument(
-        "--lambda1", type=float, default=None, help="weight of the primal's attribute-level direction"
+        "--lambda1",
+        type=finite_float_arg,
+        default=None,
+        help="weight of the primal's attribute-level direction",
     )
     parser.add_argument(
-        "--lambda2", type=float, default=None, help="weight of the conditions' attribute-level directions"
+        "--lambda2",
+        type=finite_float_arg,
+        default=None,
+        help="weight of the conditions' attribute-level directions",
     )
     parser.add_argument(
         "--directions", default=None, help="attribute-level directions: interfacegan, averaged, ganspace"
     )
     parser.add_argument(
-        "--target-score", type=float, default=None, help="stop once the primal probability crosses it"
+        "--target-score",
+        type=finite_float_arg,
+        default=None,
+        help="stop once the primal probability crosses it",
     )
     parser.add_argument(
-        "--psi", type=float, default=None, help="truncation psi for --seed (default: the pack's)"
+        "--psi",
+        type=finite_float_arg,
+        default=None,
+        help="truncation psi (default: the pack's for --seed, none for --latent)",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", required=True, help="output folder")
@@ -52,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.ials import EditAttribute, edit
     from models.images import to_uint8
-    from models.sampling import sample_ws
+    from models.sampling import sample_ws, truncate
 
     device = pick_device(args.device)
     pack = load_pack_for_cli(args.pack, str(device))
@@ -77,46 +97,64 @@ def run(args: argparse.Namespace) -> int:
         psi = defaults["truncation_psi"] if args.psi is None else args.psi
         ws = sample_ws(G, [args.seed], truncation_psi=psi, device=device)
     else:
+        psi = args.psi
         ws = torch.from_numpy(load_latent_file(args.latent, w_dim=G.w_dim, num_ws=G.num_ws)).to(device)
         if ws.shape[0] != 1:
             raise CliError(f"--latent must hold one face, got {ws.shape[0]}")
+        if psi is not None:
+            ws = truncate(ws, pack.w_avg, truncation_psi=psi)
 
     def steer(name: str) -> EditAttribute:
         attribute = pack.attributes[name]
         return EditAttribute(name=name, classifier=attribute.steering, direction=attribute.directions[kind])
 
-    steps = defaults["steps"] if args.steps is None else args.steps
     params: dict[str, Any] = {
+        "pack": str(pack.path),
+        "seed": args.seed,
+        "latent": args.latent,
+        "truncation_psi": psi,
+        "noise_mode": "const",
         "primal": args.primal,
         "conditions": list(args.conditions),
-        "steps": steps,
+        "steps": defaults["steps"] if args.steps is None else args.steps,
         "step": defaults["step"] if args.step is None else args.step,
         "lambda1": defaults["lambda1"] if args.lambda1 is None else args.lambda1,
         "lambda2": defaults["lambda2"] if args.lambda2 is None else args.lambda2,
         "directions": kind,
         "target_score": args.target_score,
     }
-    with tqdm(total=steps, desc="edit", unit="step") as bar:
-        try:
-            result = edit(
-                G,
-                ws,
-                primal=steer(args.primal),
-                conditions=[steer(name) for name in args.conditions],
-                steps=steps,
-                step=params["step"],
-                lambda1=params["lambda1"],
-                lambda2=params["lambda2"],
-                target_score=args.target_score,
-                return_images=True,
-                on_step=lambda i, n: bar.update(1),
-                device=device,
-            )
-        except ValueError as exc:
-            raise CliError(str(exc)) from exc
+    bar: tqdm[Any] | None = None
+
+    def on_step(i: int, n: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=n, desc="edit", unit="step")
+        bar.update(i - bar.n)
+
+    try:
+        result = edit(
+            G,
+            ws,
+            primal=steer(args.primal),
+            conditions=[steer(name) for name in args.conditions],
+            steps=params["steps"],
+            step=params["step"],
+            lambda1=params["lambda1"],
+            lambda2=params["lambda2"],
+            target_score=args.target_score,
+            return_images=True,
+            on_step=on_step,
+            device=device,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        if bar is not None:
+            bar.close()
 
     assert result.images is not None
     images = result.images[0]  # [F, C, H, W]
+    params["stopped_at"] = int(result.stopped_at[0])
     evaluators = {name: pack.attributes[name].evaluator for name in names}
     with torch.no_grad():
         evaluated = {
@@ -130,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         latents=result.ws[0].cpu().numpy(),
         steering={name: scores[0].cpu().tolist() for name, scores in result.scores.items()},
         evaluated=evaluated,
-        params={**params, "pack": str(pack.path), "seed": args.seed, "latent": args.latent},
+        params=params,
         image_module=Image,
     )
     return 0
@@ -153,7 +191,8 @@ def write_edit(
     for idx, picture in enumerate(pictures):
         image_module.fromarray(picture).save(frames_dir / f"frame_{idx:04d}.png")
     image_module.fromarray(np.concatenate(pictures, axis=1)).save(out / "strip.png")
-    np.save(out / "latents.npy", latents.astype(np.float32))
+    with open(out / "latents.npy", "wb") as f:
+        np.save(f, latents.astype(np.float32))
     frames: list[dict[str, Any]] = [
         {
             "frame": idx,
@@ -162,9 +201,12 @@ def write_edit(
         }
         for idx in range(len(pictures))
     ]
-    (out / "scores.json").write_text(json.dumps({"frames": frames}, indent=2))
+    scores = {"stopped_at": params["stopped_at"], "frames": frames}
+    (out / "scores.json").write_text(json.dumps(scores, indent=2))
     (out / "edit.json").write_text(json.dumps(params, indent=2))
     print(f"wrote {len(pictures)} frames, strip.png, latents.npy, scores.json to {out}")
     first, last = frames[0]["steering"], frames[-1]["steering"]
     for name in steering:
         print(f"  {name}: {first[name]:.3f} -> {last[name]:.3f}")
+    if params["stopped_at"] < len(pictures) - 1:
+        print(f"  the primal reached --target-score at frame {params['stopped_at']}; later frames repeat it")

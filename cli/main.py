@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._module.run(args))
     except CliError as exc:
         return fail(str(exc))
+    except OSError as exc:  # Unwritable output, a folder where a file should go, a full disk, ...
+        return fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:
         return fail("interrupted")
 

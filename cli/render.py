@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.common import CliError, load_latent_file, load_pack_for_cli, pick_device
+from cli.common import (
+    CliError,
+    finite_float_arg,
+    load_latent_file,
+    load_pack_for_cli,
+    pick_device,
+    seed_arg,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--latent", help=".npy latent: [w_dim], [N, w_dim], [num_ws, w_dim] or [N, num_ws, w_dim]"
     )
-    source.add_argument("--seed", type=int, nargs="+", help="one or more seeds of generated faces")
-    parser.add_argument("--out", required=True, help="output .png (one file per image when several) or .npy")
+    source.add_argument("--seed", type=seed_arg, nargs="+", help="one or more seeds of generated faces")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output .png (one file per image when several) or .npy (the raw float32 generator output "
+        "[N, C, H, W], nominally in [-1, 1], not clamped)",
+    )
     parser.add_argument("--noise", choices=["const", "none", "random"], default="const", help="noise mode")
     parser.add_argument(
-        "--psi", type=float, default=None, help="truncation psi for seeds (default: the pack's)"
+        "--psi",
+        type=finite_float_arg,
+        default=None,
+        help="truncation psi, w_avg + psi * (w - w_avg) (default: the pack's for seeds, none for --latent)",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
 
@@ -34,7 +49,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.suffix.lower() not in {".png", ".npy"}:
+    suffix = out.suffix.lower()
+    if suffix not in {".png", ".npy"}:
         raise CliError(f"--out must end in .png or .npy, got {out.name!r}")
 
     import torch
@@ -42,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.ials import render_frames
     from models.images import to_uint8
-    from models.sampling import sample_ws
+    from models.sampling import sample_ws, truncate
 
     device = pick_device(args.device)
     pack = load_pack_for_cli(args.pack, str(device))
@@ -52,11 +68,14 @@ def run(args: argparse.Namespace) -> int:
         ws = sample_ws(G, args.seed, truncation_psi=psi, device=device)
     else:
         ws = torch.from_numpy(load_latent_file(args.latent, w_dim=G.w_dim, num_ws=G.num_ws)).to(device)
+        if args.psi is not None:
+            ws = truncate(ws, pack.w_avg, truncation_psi=args.psi)
     images = render_frames(G, ws, noise_mode=args.noise, device=device)  # [N, C, H, W]
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".npy":
-        np.save(out, images.cpu().numpy().astype(np.float32))
+    if suffix == ".npy":
+        with open(out, "wb") as f:  # np.save on a path would append ".npy" to "x.NPY"
+            np.save(f, images.cpu().numpy().astype(np.float32))
         print(f"wrote {out} {list(images.shape)}")
         return 0
     pixels = to_uint8(images)

@@ -95,6 +95,8 @@ GENERATOR_KINDS: dict[str, GeneratorKind] = {
 
 # Sizes of the generator written into the manifest, so that readers without torch (the API process)
 # know them; checked against the built generator on load.
+MAX_DEFAULT_STEPS = 1000
+
 GENERATOR_INFO = ("z_dim", "c_dim", "w_dim", "num_ws", "img_resolution", "img_channels")
 
 
@@ -433,6 +435,11 @@ def load_pack(path: str | os.PathLike[str], device: torch.device | str) -> Model
     if _get(w_avg, "file", str, f"{where}: w_avg") != gen_weights:
         raise PackError(f"{where}: w_avg.file {w_avg['file']!r} must be the generator's {gen_weights!r}")
     w_avg_name = _get(w_avg, "tensor", str, f"{where}: w_avg")
+    if w_avg_name != GENERATOR_KINDS[kind].w_avg:
+        raise PackError(
+            f"{where}: w_avg.tensor is {w_avg_name!r}, but a {kind!r} generator keeps w_avg in "
+            f"{GENERATOR_KINDS[kind].w_avg!r}"
+        )
     if w_avg_name not in generator.state_dict():
         raise PackError(f"{where}: w_avg.tensor {w_avg_name!r} is not a tensor of {gen_weights}")
     w_avg_at = f"{gen_weights}: w_avg {w_avg_name!r}"
@@ -451,6 +458,7 @@ def load_pack(path: str | os.PathLike[str], device: torch.device | str) -> Model
             raise PackError(f"{at}: expected an object, got {type(entry).__name__}")
         _check_keys(entry, {"description", "steering", "evaluator", "directions"}, at)
         classifiers: dict[str, AttributeClassifier | None] = {}
+        steering_weights = ""
         for role in ("steering", "evaluator"):
             if role == "evaluator" and entry.get(role, {}) is None:
                 classifiers[role] = None
@@ -460,7 +468,15 @@ def load_pack(path: str | os.PathLike[str], device: torch.device | str) -> Model
             _check_keys(spec, {"kwargs", "weights"}, role_at)
             kwargs = _get(spec, "kwargs", dict, role_at)
             classifier = _construct(AttributeClassifier, kwargs, f"{role_at}.kwargs")
+            if classifier.num_classes != 2:
+                raise PackError(f"{role_at}.kwargs: num_classes must be 2, got {classifier.num_classes}")
             weights = _listed(_get(spec, "weights", str, role_at), files, f"{role_at}.weights")
+            if role == "evaluator" and files[weights] == files[steering_weights]:
+                raise PackError(
+                    f"{role_at}.weights: the evaluator is the steering classifier ({weights} and "
+                    f"{steering_weights} have the same sha256); edits must be scored by an independent one"
+                )
+            steering_weights = weights
             _load_state(classifier, _read_tensors(root, weights), weights)
             classifiers[role] = classifier
         directions = _get(entry, "directions", dict, at)
@@ -536,8 +552,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise PackError(f"Not a model pack: {manifest_path} is missing")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackError(f"{MANIFEST_NAME}: not valid JSON: {err}") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise PackError(f"{MANIFEST_NAME}: not valid JSON: {type(err).__name__}: {err}") from err
     if not isinstance(manifest, dict):
         raise PackError(f"{MANIFEST_NAME}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
@@ -618,8 +634,8 @@ def _construct(cls: type[ModuleT], kwargs: dict[str, Any], where: str) -> Module
             raise PackError(f"{where}: unknown kwargs {unknown} for {cls.__qualname__}; known {list(params)}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise PackError(f"{where}: cannot build {cls.__qualname__}: {err}") from err
+    except Exception as err:  # A bad kwarg can fail anywhere in a constructor (asserts, torch errors).
+        raise PackError(f"{where}: cannot build {cls.__qualname__}: {type(err).__name__}: {err}") from err
 
 
 def _read_tensors(root: Path, rel: str) -> dict[str, torch.Tensor]:
@@ -652,6 +668,13 @@ def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], file_name: 
     ]
     if wrong:
         raise PackError(f"{file_name}: wrong tensor shapes: " + "; ".join(wrong))
+    wrong = [
+        f"{key}: expected {own[key].dtype}, got {tensor.dtype}"
+        for key, tensor in tensors.items()
+        if tensor.is_floating_point() != own[key].is_floating_point() or tensor.is_complex()
+    ]
+    if wrong:
+        raise PackError(f"{file_name}: wrong tensor dtypes: " + "; ".join(wrong))
     bad = [key for key, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise PackError(f"{file_name}: non-finite values in {bad}")
@@ -694,14 +717,15 @@ def _checked_defaults(given: dict[str, Any], where: str, error: type[ValueError]
         return float(value)
 
     steps = defaults["steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise error(f"{where}.steps: expected an integer >= 1, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_DEFAULT_STEPS:
+        raise error(f"{where}.steps: expected an integer in [1, {MAX_DEFAULT_STEPS}], got {steps!r}")
     if number("step") == 0:
         raise error(f"{where}.step: must be non-zero")
     for key in ("lambda1", "lambda2"):
         if not 0 <= number(key) <= 1:
             raise error(f"{where}.{key}: must be in [0, 1], got {defaults[key]!r}")
-    number("truncation_psi")
+    if not 0 <= number("truncation_psi") <= 2:
+        raise error(f"{where}.truncation_psi: must be in [0, 2], got {defaults['truncation_psi']!r}")
     if defaults["direction_kind"] not in DIRECTION_KINDS:
         kind = defaults["direction_kind"]
         raise error(f"{where}.direction_kind: expected one of {DIRECTION_KINDS}, got {kind!r}")

@@ -10,7 +10,7 @@ import torch
 
 from models.misc import assert_shape
 
-__all__ = ["MappingGenerator", "sample_ws", "z_from_seeds"]
+__all__ = ["MappingGenerator", "sample_ws", "truncate", "z_from_seeds"]
 
 _MAX_SEED = 2**32 - 1  # np.random.RandomState accepts seeds in [0, 2**32 - 1]
 
@@ -110,3 +110,20 @@ def sample_ws(
         ws = G.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
     assert_shape(ws, [z.shape[0], G.num_ws, G.w_dim])
     return ws
+
+
+def truncate(ws: torch.Tensor, w_avg: torch.Tensor, *, truncation_psi: float) -> torch.Tensor:
+    """The truncation trick on given latents: `w_avg + psi * (w - w_avg)` on every row.
+
+    Args:
+        ws: `[N, w_dim]` or `[N, num_ws, w_dim]` latents.
+        w_avg: `[w_dim]` mean latent.
+        truncation_psi: psi; 1 returns `ws` unchanged.
+
+    Returns:
+        Latents of the same shape as `ws`.
+    """
+    assert_shape(w_avg, [ws.shape[-1]])
+    if truncation_psi == 1:
+        return ws
+    return w_avg.to(ws.dtype).lerp(ws, truncation_psi)

@@ -239,11 +239,14 @@ class AttributeClassifier(nn.Module):
         """Map generator images to the network input.
 
         Args:
-            images: Generator output in [-1, 1], `[N, 3, H, W]`, any resolution.
+            images: Generator output in [-1, 1], `[N, 3, H, W]` (or `[N, 1, H, W]` greyscale, repeated
+                to 3 channels), any resolution.
 
         Returns:
             The network input, `[N, 3, input_resolution, input_resolution]`.
         """
+        if images.ndim == 4 and images.shape[1] == 1:
+            images = images.expand(-1, self.img_channels, -1, -1)  # [N, 3, H, W]
         assert_shape(images, [None, self.img_channels, None, None])
         low, high = self.value_range
         x = (images + 1) * ((high - low) / 2) + low  # [N, 3, H, W]

@@ -26,7 +26,7 @@ World, from latent to picture:
    so every latent renders a valid face (`face_parameters`).
 5. Rendering: signed distances of ellipses, capsules, arcs and boxes, turned into coverage by a
    sigmoid about one pixel wide and composited back to front (`synthesis`). Everything is
-   differentiable in `ws`.
+   differentiable in `ws`. There is no stochastic detail: `noise_mode` is accepted and ignored.
 
 The attribute names are those of the official IALS `pretrain/` folder, so that packs are
 interchangeable. The bias the world is calibrated to (`BIAS_TABLE`) is FFHQ-like: eyeglasses far more
@@ -139,9 +139,11 @@ COUPLINGS: tuple[Coupling, ...] = (
              "ageing masculinises faces with a strong jaw"),
 )
 
-# Linear part of the logits, calibrated so that labels at psi = 1 match BIAS_TABLE (see
-# bench/procedural_world.py). Row X of (I + _MIXING) is attribute X's direction in the attribute
-# scores, so the attribute directions in W are not orthogonal.
+# Linear part of the logits, fitted (least squares on 400,000 latents) so that the labels at psi = 1
+# match BIAS_TABLE with COUPLINGS at their default gains; bench/procedural_world.py reports the match.
+# Row X of (I + _MIXING) is attribute X's direction in the attribute scores, so the attribute
+# directions in W are not orthogonal. Which factors the couplings read is fixed by the code; their
+# gains, the mixing, the biases and the palettes are buffers, so a state dict carries the world.
 _MIXING: dict[tuple[str, str], float] = {
     ("smiling", "male"): -0.078,
     ("young", "male"): -0.032,

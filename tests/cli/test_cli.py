@@ -138,6 +138,104 @@ def test_edit_writes_frames_latents_and_scores(tiny_pack_path: Path, tmp_path: P
     np.testing.assert_allclose([f["steering"]["smiling"] for f in scores], smiling.numpy(), atol=1e-5)
 
 
+def run_cli(argv: list[str]) -> int:
+    """`main(argv)`, with argparse's own usage errors (SystemExit) turned into their exit status."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seed", "-1"], "seeds lie in [0, 4294967295]"),
+        (["--seed", "5000000000"], "seeds lie in [0, 4294967295]"),
+        (["--seed", "1", "--psi", "nan"], "must be finite"),
+        (["--seed", "1", "--device", "foo"], "unknown device 'foo'"),
+        (["--seed", "1", "--device", "cuda:7"], "CUDA is not available")
+        if not torch.cuda.is_available()
+        else (["--seed", "1", "--device", "cuda:99"], "cuda"),
+        (["--seed", "1", "--out", "/dev/null/x.png"], "/dev/null"),
+        (["--seed", "1", "--out", "x.jpg"], "must end in .png or .npy"),
+    ],
+)
+def test_render_usage_errors(
+    tiny_pack_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    argv = ["render", "--pack", str(tiny_pack_path), *extra]
+    if "--out" not in extra:
+        argv += ["--out", str(tmp_path / "x.png")]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_render_npy_suffix_is_kept_and_psi_applies_to_latents(tiny_pack_path: Path, tmp_path: Path) -> None:
+    pack = load_pack(tiny_pack_path, "cpu")
+    ws = sample_ws(pack.generator, [4], truncation_psi=1.0, device="cpu")
+    np.save(tmp_path / "w.npy", ws[0].numpy())
+    out = tmp_path / "raw.NPY"
+    assert (
+        main(
+            [
+                "render",
+                "--pack",
+                str(tiny_pack_path),
+                "--latent",
+                str(tmp_path / "w.npy"),
+                "--psi",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.is_file() and not (tmp_path / "raw.NPY.npy").exists()
+    truncated = sample_ws(pack.generator, [4], truncation_psi=0.5, device="cpu")
+    expected = render_frames(pack.generator, truncated, device="cpu").numpy()
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_edit_records_the_target_score_stop(tiny_pack_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edit"
+    pack = load_pack(tiny_pack_path, "cpu")
+    ws = sample_ws(pack.generator, [5], truncation_psi=0.5, device="cpu")
+    start = float(
+        pack.attributes["smiling"].steering.probability(render_frames(pack.generator, ws, device="cpu"))
+    )
+    # A target just past the start: the first step that moves the primal the asked way crosses it.
+    argv = [
+        "edit",
+        "--pack",
+        str(tiny_pack_path),
+        "--seed",
+        "5",
+        "--primal",
+        "smiling",
+        "--steps",
+        "6",
+        "--step",
+        "0.1",
+        "--lambda1",
+        "0",
+        "--target-score",
+        str(min(start + 1e-4, 1.0)),
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    stopped_at = scores["stopped_at"]
+    assert json.loads((out / "edit.json").read_text())["stopped_at"] == stopped_at
+    assert 1 <= stopped_at < 6
+    latents = np.load(out / "latents.npy")
+    for frame in range(stopped_at + 1, 7):
+        np.testing.assert_array_equal(latents[frame], latents[stopped_at])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -147,14 +245,17 @@ def test_edit_writes_frames_latents_and_scores(tiny_pack_path: Path, tmp_path: P
             ["--primal", "young", "--conditions", "smiling", "--directions", "ganspace"],
             "no 'ganspace' direction",
         ),
-        (["--primal", "smiling", "--steps", "0"], "steps"),
+        (["--primal", "smiling", "--steps", "0"], "steps lie in [1, 1000]"),
+        (["--primal", "smiling", "--steps", "100000000000"], "steps lie in [1, 1000]"),
+        (["--primal", "smiling", "--lambda1", "1.5"], "lambda1"),
+        (["--primal", "smiling", "--step", "0"], "step"),
     ],
 )
 def test_edit_refuses_bad_requests(
     tiny_pack_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     argv = ["edit", "--pack", str(tiny_pack_path), "--seed", "1", "--out", str(tmp_path / "e"), *extra]
-    assert main(argv) == 2
+    assert run_cli(argv) == 2
     assert message in capsys.readouterr().err
 
 

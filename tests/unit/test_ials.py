@@ -209,6 +209,20 @@ def test_zero_gradient_gives_zero_direction(use_input: bool) -> None:
 # Shared forward.
 
 
+def official_way_direction(G: MLPGenerator, clf: ConvClassifier, ws: torch.Tensor) -> torch.Tensor:
+    """The official code's way, restated: its own forward, CE towards class 1 on a row-shared offset,
+    `backward()` with the weights' gradients on, then minus the offset's gradient, normalised per sample."""
+    offset = torch.zeros(ws.shape[0], 1, G.w_dim, dtype=ws.dtype, requires_grad=True)
+    logits = clf.logits(G.synthesis(ws + offset, noise_mode="const"))
+    target = torch.ones(ws.shape[0], dtype=torch.long)
+    torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
+    assert offset.grad is not None
+    step = -offset.grad[:, 0]  # [N, w_dim]
+    for module in (G, clf):
+        module.zero_grad(set_to_none=True)
+    return step / step.norm(dim=1, keepdim=True)
+
+
 @pytest.mark.parametrize("grad_mode", ["retain", "batched"])
 def test_shared_forward_equals_separate_passes(grad_mode: str) -> None:
     G = MLPGenerator()
@@ -217,6 +231,8 @@ def test_shared_forward_equals_separate_passes(grad_mode: str) -> None:
     G.calls.clear()
     result = shared_forward(G, classifiers, ws, need_direction=[True, False, True], grad_mode=grad_mode)
     assert G.calls == [(3, True)]  # one forward for all attributes
+    parameters = [*G.parameters(), *(p for clf in classifiers for p in clf.parameters())]
+    assert all(p.requires_grad and p.grad is None for p in parameters)  # no weight gradient computed
     assert result.directions.shape == (3, 3, G.w_dim) and result.probabilities.shape == (3, 3)
     for k, clf in enumerate(classifiers):
         with torch.no_grad():
@@ -224,15 +240,14 @@ def test_shared_forward_equals_separate_passes(grad_mode: str) -> None:
             probability = clf.logits(images).softmax(dim=1)[:, 1]
         torch.testing.assert_close(result.probabilities[k], probability, rtol=0, atol=1e-12)
         separate = (
-            instance_specific_direction(G, clf, ws)
-            if k != 1
-            else torch.zeros(3, G.w_dim, dtype=torch.float64)
+            official_way_direction(G, clf, ws) if k != 1 else torch.zeros(3, G.w_dim, dtype=torch.float64)
         )
-        torch.testing.assert_close(result.directions[k], separate, rtol=0, atol=1e-12)
+        # Equal up to the `+ 1e-8` in the normaliser's denominator (relative 1e-8 / |g|).
+        torch.testing.assert_close(result.directions[k], separate, rtol=0, atol=1e-6)
+        cosine = (result.directions[k] * separate).sum(dim=1) / (result.directions[k].norm(dim=1) + 1e-300)
+        assert k == 1 or torch.allclose(cosine, torch.ones_like(cosine), rtol=0, atol=1e-12)
     torch.testing.assert_close(result.images, images, rtol=0, atol=0)
     assert not result.images.requires_grad
-    parameters = [*G.parameters(), *(p for clf in classifiers for p in clf.parameters())]
-    assert all(p.requires_grad and p.grad is None for p in parameters)
 
 
 def test_shared_forward_without_directions_takes_no_graph() -> None:
@@ -433,6 +448,39 @@ def test_edit_with_lambdas_one_is_conditional_interfacegan(linear_pair: Any, gra
         direction
     )
     torch.testing.assert_close(result.ws, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_conditions", [2, 3])
+def test_edit_with_lambdas_one_and_several_conditions_is_conditional_interfacegan(
+    num_conditions: int,
+) -> None:
+    G = MLPGenerator()
+    rng = np.random.RandomState(20 + num_conditions)
+    vectors = rng.randn(num_conditions + 1, G.w_dim)
+    vectors[1:] += 0.5 * vectors[:1]  # conditions correlated with the primal
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    attributes = [
+        EditAttribute(f"attr{k}", ConvClassifier(seed=k), torch.from_numpy(vectors[k]))
+        for k in range(len(vectors))
+    ]
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    G.calls.clear()
+    result = edit(
+        G,
+        ws,
+        primal=attributes[0],
+        conditions=attributes[1:],
+        steps=2,
+        step=0.3,
+        lambda1=1.0,
+        lambda2=1.0,
+        device="cpu",
+    )
+    assert all(not grad_enabled for _, grad_enabled in G.calls)  # no gradient taken
+    direction = torch.from_numpy(_project_boundary_np(vectors[:1], *(v[None] for v in vectors[1:]))[0])
+    expected = ws[:, None] + torch.arange(3, dtype=torch.float64)[None, :, None, None] * 0.3 * direction
+    # project_boundary's closed form for two conditions keeps `+ 1e-8` in its denominator.
+    torch.testing.assert_close(result.ws, expected, rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("lambdas", [(0.75, 0.0), (0.0, 0.5), (1.0, 1.0), (0.5, 1.0), (0.0, 0.0)])

@@ -503,6 +503,17 @@ def test_wrong_tensor_shape(pack_dir: Path) -> None:
         load_pack(pack_dir, "cpu")
 
 
+def test_wrong_tensor_dtype(pack_dir: Path) -> None:
+    def to_bool(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["mapping.w_avg"] = tensors["mapping.w_avg"] > 0
+
+    edit_tensors(pack_dir, "generator.safetensors", to_bool)
+    with pytest.raises(
+        PackError, match=r"wrong tensor dtypes: mapping.w_avg: expected torch.float32, got torch.bool"
+    ):
+        load_pack(pack_dir, "cpu")
+
+
 def test_non_finite_weights(pack_dir: Path) -> None:
     edit_tensors(pack_dir, "generator.safetensors", lambda t: t["mapping.w_avg"].__setitem__(0, float("nan")))
     with pytest.raises(PackError, match=r"generator.safetensors: non-finite values in \['mapping.w_avg'\]"):
@@ -562,16 +573,53 @@ def test_path_outside_pack(pack_dir: Path) -> None:
         (lambda m: m.__setitem__("colour", 1), r"manifest.json: unknown keys \['colour'\]"),
         (lambda m: m["defaults"].__setitem__("lamda1", 1), r"defaults: unknown keys \['lamda1'\]"),
         (lambda m: m["defaults"].__setitem__("lambda1", 2), r"defaults.lambda1: must be in \[0, 1\]"),
-        (lambda m: m["defaults"].__setitem__("steps", 2.5), "defaults.steps: expected an integer >= 1"),
+        (
+            lambda m: m["defaults"].__setitem__("steps", 2.5),
+            "defaults.steps: expected an integer in \\[1, 1000\\]",
+        ),
         (
             lambda m: m["defaults"].__setitem__("direction_kind", "averaged"),
             "'averaged' directions are missing",
         ),
-        (lambda m: m["w_avg"].__setitem__("tensor", "w_avg"), "w_avg.tensor 'w_avg' is not a tensor"),
+        (
+            lambda m: m["w_avg"].__setitem__("tensor", "w_avg"),
+            "w_avg.tensor is 'w_avg', but a 'stylegan2' generator keeps",
+        ),
+        (
+            lambda m: m["w_avg"].__setitem__("tensor", "mapping.fc1.bias"),
+            "w_avg.tensor is 'mapping.fc1.bias'",
+        ),
         (lambda m: m["attributes"]["young"].pop("steering"), "attributes.young: missing key 'steering'"),
         (lambda m: m["attributes"]["young"].pop("evaluator"), "attributes.young: missing key 'evaluator'"),
         (lambda m: m["attributes"]["young"].__setitem__("directions", {}), "needs at least one of"),
         (lambda m: m["generator"].__setitem__("kwargs", []), "generator.kwargs: expected dict, got list"),
+        (
+            lambda m: m["defaults"].__setitem__("steps", 10**15),
+            r"defaults.steps: expected an integer in \[1, 1000\]",
+        ),
+        (
+            lambda m: m["defaults"].__setitem__("truncation_psi", 5),
+            r"defaults.truncation_psi: must be in \[0, 2\]",
+        ),
+        (
+            lambda m: m["generator"]["kwargs"].__setitem__("img_resolution", 17),
+            "generator.kwargs: cannot build Generator: AssertionError",
+        ),
+        (
+            lambda m: m["generator"]["kwargs"].__setitem__("z_dim", -1),
+            "generator.kwargs: cannot build Generator: RuntimeError",
+        ),
+        (lambda m: m["generator"]["info"].__setitem__("num_ws", 99), "generator.info: the manifest says"),
+        (
+            lambda m: m["attributes"]["smiling"]["steering"]["kwargs"].__setitem__("num_classes", 3),
+            "attributes.smiling.steering.kwargs: num_classes must be 2, got 3",
+        ),
+        (
+            lambda m: m["attributes"]["smiling"]["evaluator"].__setitem__(
+                "weights", m["attributes"]["smiling"]["steering"]["weights"]
+            ),
+            "the evaluator is the steering classifier",
+        ),
     ],
 )
 def test_bad_manifest_entries(pack_dir: Path, edit: Callable[[dict[str, Any]], Any], message: str) -> None:

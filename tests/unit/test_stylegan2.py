@@ -199,6 +199,8 @@ def test_truncation(G16: Generator) -> None:
     z = random_z(G16, 4)
     ws = G16.mapping(z, None)
     assert torch.equal(G16.mapping(z, None, truncation_psi=1), ws)
+    # Identity, checked against the truncation formula itself: psi = 0.5 is the midpoint of w_avg and w.
+    torch.testing.assert_close(G16.mapping(z, None, truncation_psi=0.5) * 2 - G16.w_avg, ws)
     assert torch.equal(G16.mapping(z, None, truncation_psi=1, truncation_cutoff=2), ws)
 
     ws0 = G16.mapping(z, None, truncation_psi=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from service.deps import SettingsDep
@@ -9,7 +11,9 @@ from service.pack_info import read_model_info
 from service.schemas import AttributePublic, ErrorPublic, ModelPublic
 
 router = APIRouter(tags=["model"])
-_ERRORS = {503: {"model": ErrorPublic, "description": "No usable model pack is configured."}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorPublic, "description": "No usable model pack is configured."}
+}
 
 
 @router.get("/model", response_model=ModelPublic, responses=_ERRORS, summary="The model pack in use")
