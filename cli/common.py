@@ -110,9 +110,14 @@ def finite_float_arg(text: str) -> float:
     return value
 
 
-def pick_device(name: str) -> torch.device:
-    """A torch device from its name, with a clear error when CUDA is asked for and absent."""
+def pick_device(name: str | None) -> torch.device:
+    """A torch device from its name (None: the configured `IALS_DEVICE`), with clear errors."""
     import torch
+
+    from service.config import get_settings
+
+    if name is None:
+        name = get_settings().device
 
     try:
         device = torch.device(name)

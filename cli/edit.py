@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="truncation psi (default: the pack's for --seed, none for --latent)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device", default=None, help="torch device: cpu, cuda, cuda:1, ... (default: IALS_DEVICE, else cpu)"
+    )
     parser.add_argument("--out", required=True, help="output folder")
 
 

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="truncation psi, w_avg + psi * (w - w_avg) (default: the pack's for seeds, none for --latent)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device", default=None, help="torch device: cpu, cuda, cuda:1, ... (default: IALS_DEVICE, else cpu)"
+    )
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
