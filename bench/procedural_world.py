@@ -316,7 +316,8 @@ def write_sheet(G: ProceduralGenerator, path: str, *, seed: int) -> None:
         pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         rows = pixels.shape[0] // cols
         pixels = pixels.reshape(rows, cols, res, res, 3).transpose(0, 2, 1, 3, 4)
-        return pixels.reshape(rows * res, cols * res, 3)
+        sheet: np.ndarray = pixels.reshape(rows * res, cols * res, 3)
+        return sheet
 
     with torch.no_grad():
         parts = [grid(G.synthesis(_broadcast(G, w)), 8)]
