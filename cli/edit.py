@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             lambda2=params["lambda2"],
             target_score=args.target_score,
             return_images=True,
+            synthesis_kwargs=pack.edit_synthesis_kwargs,
             on_step=on_step,
             device=device,
         )

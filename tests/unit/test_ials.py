@@ -692,3 +692,33 @@ def test_stylegan2_smoke() -> None:
     assert result.ws.shape == (2, 3, G.num_ws, G.w_dim) and torch.equal(result.ws[:, 0], ws)
     assert result.images is not None and result.images.shape == (2, 3, 3, 16, 16)
     assert bool(torch.isfinite(result.images).all()) and bool(torch.isfinite(result.scores["a"]).all())
+
+
+def test_stylegan2_edit_kwargs_of_the_pack_registry_give_the_same_directions() -> None:
+    """The non-fused modulated convolution that packs use for edits computes the fused path's directions."""
+    from models.networks.stylegan2 import Generator
+    from models.pack import GENERATOR_KINDS
+    from models.sampling import sample_ws
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        G = Generator(
+            z_dim=16,
+            c_dim=0,
+            w_dim=16,
+            img_resolution=16,
+            img_channels=3,
+            mapping_kwargs={"num_layers": 2},
+            synthesis_kwargs={"channel_base": 64, "channel_max": 16},
+        )
+    G.eval().requires_grad_(False)
+    ws = sample_ws(G, [4, 5], truncation_psi=0.7, device="cpu")
+    classifiers = [TinyClassifier(3).eval(), TinyClassifier(4).eval()]
+    edit_kwargs = dict(GENERATOR_KINDS["stylegan2"].edit_synthesis_kwargs)
+    assert edit_kwargs == {"fused_modconv": False}
+    fused = shared_forward(
+        G, classifiers, ws, need_direction=[True, True], synthesis_kwargs={"fused_modconv": True}
+    )
+    split = shared_forward(G, classifiers, ws, need_direction=[True, True], synthesis_kwargs=edit_kwargs)
+    torch.testing.assert_close(split.images, fused.images, rtol=0, atol=1e-5)
+    torch.testing.assert_close(split.directions, fused.directions, rtol=0, atol=1e-4)
