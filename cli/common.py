@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,26 +78,23 @@ MAX_SEED = 2**32 - 1  # What np.random.RandomState accepts, as NVIDIA's generate
 MAX_STEPS = 1000
 
 
-def seed_arg(text: str) -> int:
-    """argparse type: a seed in [0, 2**32 - 1]."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"seeds lie in [0, {MAX_SEED}], got {value}")
-    return value
+def int_range_arg(low: int, high: int, what: str) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high], named `what` in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} lie in [{low}, {high}], got {value}")
+        return value
+
+    return parse
 
 
-def steps_arg(text: str) -> int:
-    """argparse type: a number of edit steps in [1, MAX_STEPS]."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"steps lie in [1, {MAX_STEPS}], got {value}")
-    return value
+seed_arg = int_range_arg(0, MAX_SEED, "seeds")
+steps_arg = int_range_arg(1, MAX_STEPS, "steps")
 
 
 def finite_float_arg(text: str) -> float:
