@@ -648,13 +648,13 @@ class TinyClassifier(torch.nn.Module):
         return self.fc(F.leaky_relu(self.conv(images), 0.2).mean(dim=(2, 3)))
 
 
-def test_stylegan2_smoke() -> None:
-    stylegan2 = pytest.importorskip("models.networks.stylegan2")
-    from models.sampling import sample_ws
+def tiny_stylegan2(seed: int) -> Any:
+    """A frozen 16 px StyleGAN2 with narrow channels."""
+    from models.networks.stylegan2 import Generator
 
     with torch.random.fork_rng():
-        torch.manual_seed(0)
-        G = stylegan2.Generator(
+        torch.manual_seed(seed)
+        G = Generator(
             z_dim=16,
             c_dim=0,
             w_dim=16,
@@ -663,7 +663,13 @@ def test_stylegan2_smoke() -> None:
             mapping_kwargs={"num_layers": 2},
             synthesis_kwargs={"channel_base": 64, "channel_max": 16},
         )
-    G.eval().requires_grad_(False)
+    return G.eval().requires_grad_(False)
+
+
+def test_stylegan2_smoke() -> None:
+    from models.sampling import sample_ws
+
+    G = tiny_stylegan2(0)
     ws = sample_ws(G, [1, 2], truncation_psi=0.5, device="cpu")  # [2, num_ws, w_dim]
     classifiers = [TinyClassifier(1).eval(), TinyClassifier(2).eval()]
     retain = shared_forward(G, classifiers, ws, need_direction=[True, True], grad_mode="retain")
@@ -696,22 +702,10 @@ def test_stylegan2_smoke() -> None:
 
 def test_stylegan2_edit_kwargs_of_the_pack_registry_give_the_same_directions() -> None:
     """The non-fused modulated convolution that packs use for edits computes the fused path's directions."""
-    from models.networks.stylegan2 import Generator
     from models.pack import GENERATOR_KINDS
     from models.sampling import sample_ws
 
-    with torch.random.fork_rng():
-        torch.manual_seed(3)
-        G = Generator(
-            z_dim=16,
-            c_dim=0,
-            w_dim=16,
-            img_resolution=16,
-            img_channels=3,
-            mapping_kwargs={"num_layers": 2},
-            synthesis_kwargs={"channel_base": 64, "channel_max": 16},
-        )
-    G.eval().requires_grad_(False)
+    G = tiny_stylegan2(3)
     ws = sample_ws(G, [4, 5], truncation_psi=0.7, device="cpu")
     classifiers = [TinyClassifier(3).eval(), TinyClassifier(4).eval()]
     edit_kwargs = dict(GENERATOR_KINDS["stylegan2"].edit_synthesis_kwargs)
