@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,17 +51,26 @@ def load_latent_file(path: str, *, w_dim: int, num_ws: int) -> np.ndarray:
     `[N, w_dim]` (N codes `w`, N != num_ws), `[N, num_ws, w_dim]`.
     """
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        # Memory-mapped first: a header that declares more data than the file holds fails here,
+        # before anything is allocated.
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+            raise CliError(
+                f"latent {path} must hold a numeric array, got dtype {getattr(array, 'dtype', None)}"
+            )
+        if array.size > MAX_LATENT_VALUES:
+            raise CliError(f"latent {path} holds {array.size} values, more than {MAX_LATENT_VALUES}")
+        array = np.array(array, dtype=np.float32)  # an in-memory, writable copy
+    except (OSError, ValueError, EOFError) as exc:
         raise CliError(f"cannot read latent {path}: {exc}") from exc
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
-        raise CliError(f"latent {path} must hold a numeric array, got dtype {getattr(array, 'dtype', None)}")
-    return normalize_latent(array.astype(np.float32), w_dim=w_dim, num_ws=num_ws, name=path)
+    return normalize_latent(array, w_dim=w_dim, num_ws=num_ws, name=path)
 
 
 def normalize_latent(array: np.ndarray, *, w_dim: int, num_ws: int, name: str = "latent") -> np.ndarray:
     """Shape rules of `load_latent_file`, on an array already in memory."""
     shape = tuple(array.shape)
+    if array.size == 0:
+        raise CliError(f"{name} is empty, shape {list(shape)}")
     if not np.isfinite(array).all():
         raise CliError(f"{name} holds NaN or infinite values")
     if shape == (w_dim,):
@@ -74,6 +84,7 @@ def normalize_latent(array: np.ndarray, *, w_dim: int, num_ws: int, name: str = 
     )
 
 
+MAX_LATENT_VALUES = 64 * 2**20  # 256 MB of float32: thousands of w+ codes.
 MAX_SEED = 2**32 - 1  # What np.random.RandomState accepts, as NVIDIA's generate.py seeds it.
 MAX_STEPS = 1000
 
@@ -108,6 +119,23 @@ def finite_float_arg(text: str) -> float:
     return value
 
 
+def float_range_arg(low: float, high: float, what: str) -> Callable[[str], float]:
+    """argparse type: a float in [low, high], named `what` in the error."""
+
+    def parse(text: str) -> float:
+        value = finite_float_arg(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} lies in [{low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
+
+
+psi_arg = float_range_arg(-2.0, 2.0, "truncation psi")
+step_arg = float_range_arg(-100.0, 100.0, "the step size")
+DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
 def pick_device(name: str | None) -> torch.device:
     """A torch device from its name (None: the configured `IALS_DEVICE`), with clear errors."""
     import torch
@@ -117,10 +145,9 @@ def pick_device(name: str | None) -> torch.device:
     if name is None:
         name = get_settings().device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CliError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from exc
+    if not DEVICE_PATTERN.match(name):
+        raise CliError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"device {name!r} asked for, but CUDA is not available on this machine")
     return device

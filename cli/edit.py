@@ -15,7 +15,9 @@ from cli.common import (
     load_latent_file,
     load_pack_for_cli,
     pick_device,
+    psi_arg,
     seed_arg,
+    step_arg,
     steps_arg,
 )
 
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=steps_arg, default=None, help="number of steps (default: the pack's)")
     parser.add_argument(
         "--step",
-        type=finite_float_arg,
+        type=step_arg,
         default=None,
         help="step size k; its sign chooses increase (+) or decrease (-) (default: the pack's, increasing)",
     )
@@ -57,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--psi",
-        type=finite_float_arg,
+        type=psi_arg,
         default=None,
         help="truncation psi (default: the pack's for --seed, none for --latent)",
     )
@@ -156,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
 
     assert result.images is not None
+    scores_finite = all(bool(torch.isfinite(scores).all()) for scores in result.scores.values())
+    if not (bool(torch.isfinite(result.ws).all()) and scores_finite):
+        raise CliError(
+            "the edit left the finite range (latents or scores are NaN or infinite); use a smaller --step"
+        )
     images = result.images[0]  # [F, C, H, W]
     params["stopped_at"] = int(result.stopped_at[0])
     evaluators = {name: pack.attributes[name].evaluator for name in names}
@@ -205,8 +212,8 @@ def write_edit(
         for idx in range(len(pictures))
     ]
     scores = {"stopped_at": params["stopped_at"], "frames": frames}
-    (out / "scores.json").write_text(json.dumps(scores, indent=2))
-    (out / "edit.json").write_text(json.dumps(params, indent=2))
+    (out / "scores.json").write_text(json.dumps(scores, indent=2, allow_nan=False))
+    (out / "edit.json").write_text(json.dumps(params, indent=2, allow_nan=False))
     print(f"wrote {len(pictures)} frames, strip.png, latents.npy, scores.json to {out}")
     first, last = frames[0]["steering"], frames[-1]["steering"]
     for name in steering:

@@ -9,10 +9,10 @@ import numpy as np
 
 from cli.common import (
     CliError,
-    finite_float_arg,
     load_latent_file,
     load_pack_for_cli,
     pick_device,
+    psi_arg,
     seed_arg,
 )
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", choices=["const", "none", "random"], default="const", help="noise mode")
     parser.add_argument(
         "--psi",
-        type=finite_float_arg,
+        type=psi_arg,
         default=None,
         help="truncation psi, w_avg + psi * (w - w_avg) (default: the pack's for seeds, none for --latent)",
     )

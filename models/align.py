@@ -64,6 +64,11 @@ def _assert_shape(array: np.ndarray, ref_shape: list[int | None]) -> None:
         raise AssertionError(f"Wrong shape: got {tuple(array.shape)}, expected {tuple(ref_shape)}")
 
 
+# Formats decoded from uploads. Others that PIL knows are refused: EPS would hand the bytes to
+# Ghostscript, and exotic plugins are more attack surface than any photo needs.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
 def load_image(data: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file into 8-bit RGB, honouring its EXIF orientation.
 
@@ -91,7 +96,7 @@ def load_image(data: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS)
         with warnings.catch_warnings():
             # The pixel limit below replaces PIL's global one; its warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(stream)
+            opened = Image.open(stream, formats=IMAGE_FORMATS)
         with opened as im:
             width, height = im.size
             if width * height > max_pixels:
@@ -103,8 +108,8 @@ def load_image(data: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS)
             return _to_rgb_uint8(transposed)
     except ImageDecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    except Exception as exc:  # PIL's plugins raise OSError, SyntaxError, TypeError, struct.error, ...
+        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
 
 
 def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
@@ -116,7 +121,8 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
         grey = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "F":
-        grey = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
+        values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -482,6 +488,8 @@ def paste_back(
     """
     _assert_shape(original, [None, None, 3])
     _assert_shape(edited, [None, None, 3])
+    if original.dtype != np.uint8 or edited.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pictures, got {original.dtype} and {edited.dtype}")
     if edited.shape[0] != edited.shape[1]:
         raise ValueError(f"expected a square edited face, got {tuple(edited.shape)}")
     if not 0.0 < feather <= 0.5:

@@ -567,7 +567,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise PackError(f"Not a model pack: {manifest_path} is missing")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # Bad JSON or UTF-8, an int over Python's digit limit.
         raise PackError(f"{MANIFEST_NAME}: not valid JSON: {type(err).__name__}: {err}") from err
     if not isinstance(manifest, dict):
         raise PackError(f"{MANIFEST_NAME}: expected a JSON object, got {type(manifest).__name__}")

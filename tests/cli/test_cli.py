@@ -76,6 +76,9 @@ def test_render_latent_shapes(tiny_pack_path: Path, tmp_path: Path) -> None:
         (np.zeros((5, 7), np.float32), "must have shape"),
         (np.full((32,), np.nan, np.float32), "NaN"),
         (np.array([{"a": 1}], dtype=object), "cannot read latent"),
+        (np.zeros((0, 32), np.float32), "is empty"),
+        (np.zeros((), np.float32), "must have shape"),
+        (np.zeros((2, 32), np.complex64), "numeric array"),
     ],
 )
 def test_render_refuses_bad_latents(
@@ -90,6 +93,30 @@ def test_render_refuses_bad_latents(
         == 2
     )
     assert message in capsys.readouterr().err
+
+
+def test_render_refuses_latent_files_that_lie_about_their_size(
+    tiny_pack_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty, huge = tmp_path / "empty.npy", tmp_path / "huge.npy"
+    empty.write_bytes(b"")
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (99_999_999_999,)
+    with open(huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+    for path in (empty, huge):
+        argv = [
+            "render",
+            "--pack",
+            str(tiny_pack_path),
+            "--latent",
+            str(path),
+            "--out",
+            str(tmp_path / "x.png"),
+        ]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "cannot read latent" in err or "more than" in err
 
 
 def test_missing_pack_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,6 +185,8 @@ def run_cli(argv: list[str]) -> int:
         else (["--seed", "1", "--device", "cuda:99"], "cuda"),
         (["--seed", "1", "--out", "/dev/null/x.png"], "/dev/null"),
         (["--seed", "1", "--out", "x.jpg"], "must end in .png or .npy"),
+        (["--seed", "1", "--psi=-1e308"], "truncation psi lies in [-2, 2]"),
+        (["--seed", "1", "--device", "meta"], "unknown device 'meta'"),
     ],
 )
 def test_render_usage_errors(
