@@ -153,23 +153,14 @@ def train_classifier(
 
     Args:
         classifier: The classifier to train, on `device`; class 1 = has the attribute.
-        G: Generator with ground truth (`attribute_labels`), on `device`.
         attribute: Name of the attribute in `G.attribute_labels`.
-        steps: Number of optimiser steps (>= 1).
-        batch_size: Faces per step (>= 2, BatchNorm needs a batch).
-        lr: Peak learning rate of Adam.
-        truncation_psi: psi of the training faces, fixed or `(low, high)` drawn per face.
-        generator: Source of all randomness (latents and psi).
-        device: Where training runs.
-        weight_decay: Adam's L2 weight decay.
-        warmup_steps: Steps of linear warm-up; default 5 % of `steps` (at least 1).
-        on_step: Called as `on_step(i, steps)` after step i = 1..steps.
+        Every other argument is `train_classifiers`' own.
 
     Returns:
         `ClassifierTraining(classifier, losses)`, the classifier in eval mode and the loss of every step.
 
     Raises:
-        ValueError: On a bad step count, batch size, learning rate, psi, or an unknown attribute.
+        ValueError: As `train_classifiers`.
     """
     results = train_classifiers(
         {attribute: classifier},
