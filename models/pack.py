@@ -7,6 +7,7 @@ A pack is a folder with a `manifest.json` and weights in safetensors files, neve
     classifiers/<attr>.steering.safetensors    AttributeClassifier state dict that steers the edits
     classifiers/<attr>.evaluator.safetensors   optional independent classifier that scores them
     directions.safetensors                 unit attribute-level directions `<attr>.<kind>`, [w_dim]
+    encoder.safetensors                    optional LatentEncoder state dict (image -> w+ start code)
 
 `save_pack` writes one atomically; `load_pack` validates everything (format, sha256 of every listed
 file, kinds, constructor kwargs, tensor names, shapes and values) and raises `PackError` naming the
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from models.networks.classifier import AttributeClassifier
+from models.networks.encoder import LatentEncoder
 
 __all__ = [
     "DEFAULTS",
@@ -58,6 +60,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GENERATOR_WEIGHTS = "generator.safetensors"
 DIRECTIONS_WEIGHTS = "directions.safetensors"
+ENCODER_WEIGHTS = "encoder.safetensors"
 
 DIRECTION_KINDS = ("interfacegan", "averaged", "ganspace")
 
@@ -155,6 +158,7 @@ class ModelPack:
     generator_kind: str
     attributes: dict[str, PackAttribute]
     defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    encoder: LatentEncoder | None = None  # Image -> w+ start code of inversions, if the pack has one.
 
     @property
     def w_avg(self) -> torch.Tensor:
@@ -201,6 +205,7 @@ def save_pack(
     attributes: Mapping[str, PackAttribute],
     defaults: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    encoder: LatentEncoder | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a model pack folder atomically.
@@ -219,6 +224,7 @@ def save_pack(
             `PackAttribute.name`. Each needs at least one direction `[w_dim]`.
         defaults: Editing defaults, any subset of `DEFAULTS`; missing keys take the paper's values.
         extra: Free JSON metadata.
+        encoder: Optional image -> w+ encoder of this generator (same `num_ws`, `w_dim`).
         overwrite: Replace an existing non-empty folder at `path`.
 
     Returns:
@@ -280,6 +286,15 @@ def save_pack(
         attributes_manifest[attr_name] = entry
     if not attributes_manifest:
         raise ValueError(f"{where}: a pack needs at least one attribute")
+    encoder_manifest: dict[str, Any] | None = None
+    encoder_state: dict[str, dict[str, torch.Tensor]] = {}
+    if encoder is not None:
+        if not isinstance(encoder, LatentEncoder):
+            raise ValueError(f"{where}: encoder must be a LatentEncoder, got {type(encoder).__qualname__}")
+        _check_encoder_fits(encoder, generator, f"{where}: encoder", ValueError)
+        kwargs = _json_copy(_init_kwargs(encoder, f"{where}: encoder"), f"{where}: encoder kwargs")
+        encoder_manifest = {"kwargs": kwargs, "weights": ENCODER_WEIGHTS}
+        encoder_state[ENCODER_WEIGHTS] = _cpu_state(encoder)
     defaults_manifest = _checked_defaults(dict(defaults or {}), f"{where}: defaults", ValueError)
     _check_default_direction_kind(defaults_manifest, attributes_manifest, f"{where}: defaults", ValueError)
 
@@ -297,6 +312,7 @@ def save_pack(
         "w_avg": {"file": GENERATOR_WEIGHTS, "tensor": w_avg_name},
         "attributes": attributes_manifest,
         "defaults": defaults_manifest,
+        "encoder": encoder_manifest,
         "extra": _json_copy(dict(extra or {}), f"{where}: extra"),
     }
 
@@ -313,6 +329,7 @@ def save_pack(
         hashes: dict[str, str] = {}
         files = {GENERATOR_WEIGHTS: generator_state, DIRECTIONS_WEIGHTS: direction_tensors}
         files.update(classifier_states)
+        files.update(encoder_state)
         for rel, tensors in files.items():
             file_path = tmp / rel
             file_path.parent.mkdir(parents=True, exist_ok=True)
@@ -538,8 +555,21 @@ def load_pack(path: str | os.PathLike[str], device: torch.device | str) -> Model
     _check_default_direction_kind(defaults, attributes_manifest, f"{where}: defaults", PackError)
     _get(manifest, "extra", dict, where)
 
+    # Encoder (optional; packs written before it existed have no key).
+    encoder: LatentEncoder | None = None
+    encoder_spec = manifest.get("encoder")
+    if encoder_spec is not None:
+        enc_at = f"{where}: encoder"
+        if not isinstance(encoder_spec, dict):
+            raise PackError(f"{enc_at}: expected an object or null, got {type(encoder_spec).__name__}")
+        _check_keys(encoder_spec, {"kwargs", "weights"}, enc_at)
+        encoder = _construct(LatentEncoder, _get(encoder_spec, "kwargs", dict, enc_at), f"{enc_at}.kwargs")
+        _check_encoder_fits(encoder, generator, enc_at, PackError)
+        enc_weights = _listed(_get(encoder_spec, "weights", str, enc_at), files, f"{enc_at}.weights")
+        _load_state(encoder, _read_tensors(root, enc_weights), enc_weights)
+
     # Device and mode.
-    modules: list[nn.Module] = [generator]
+    modules: list[nn.Module] = [generator] + ([encoder] if encoder is not None else [])
     for attr in attributes.values():
         modules += [attr.steering] + ([attr.evaluator] if attr.evaluator is not None else [])
     for module in modules:
@@ -551,12 +581,23 @@ def load_pack(path: str | os.PathLike[str], device: torch.device | str) -> Model
         generator_kind=kind,
         attributes=attributes,
         defaults=defaults,
+        encoder=encoder,
     )
+
+
+def _check_encoder_fits(
+    encoder: LatentEncoder, generator: nn.Module, where: str, error: type[ValueError]
+) -> None:
+    """The encoder must produce the generator's w+ shape from its images."""
+    want = {key: _int_attr(generator, key) for key in ("img_resolution", "num_ws", "w_dim", "img_channels")}
+    have = {key: _int_attr(encoder, key) for key in want}
+    if have != want:
+        raise error(f"{where}: the encoder is built for {have}, the generator has {want}")
 
 
 _MANIFEST_KEYS = {
     "format", "format_version", "name", "description",
-    "generator", "w_avg", "attributes", "defaults", "extra", "files",
+    "generator", "w_avg", "attributes", "defaults", "encoder", "extra", "files",
 }  # fmt: skip
 
 

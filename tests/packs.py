@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from models.networks.classifier import AttributeClassifier
+from models.networks.encoder import LatentEncoder
 from models.networks.stylegan2 import Generator
 from models.pack import PackAttribute, save_pack
 
@@ -34,8 +35,20 @@ def tiny_classifier(arch: str, seed: int) -> AttributeClassifier:
     return AttributeClassifier(arch=arch, width=8, input_resolution=16).eval().requires_grad_(False)
 
 
+def tiny_encoder(seed: int = 4) -> LatentEncoder:
+    """A random-weight encoder for the tiny generator: 16 px images -> [N, num_ws, TINY_W_DIM]."""
+    torch.manual_seed(seed)
+    generator = tiny_generator()
+    encoder = LatentEncoder(
+        img_resolution=16, num_ws=generator.num_ws, w_dim=TINY_W_DIM, width=8, max_channels=16, hidden=32
+    )
+    encoder.w_avg.copy_(generator.mapping.w_avg)
+    return encoder.eval().requires_grad_(False)
+
+
 def build_tiny_pack(path: Path) -> Path:
-    """Save a pack with attributes `smiling` (with an evaluator) and `young`, all directions random."""
+    """Save a pack with attributes `smiling` (with an evaluator) and `young`, all directions random,
+    and an encoder."""
     gen = torch.Generator().manual_seed(1)
 
     def directions(*kinds: str) -> dict[str, torch.Tensor]:
@@ -66,4 +79,5 @@ def build_tiny_pack(path: Path) -> Path:
         generator=tiny_generator(),
         generator_kind="stylegan2",
         attributes=attributes,
+        encoder=tiny_encoder(),
     )

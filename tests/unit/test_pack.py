@@ -16,6 +16,7 @@ from torch import nn
 
 from models.misc import record_init_kwargs
 from models.networks.classifier import AttributeClassifier
+from models.networks.encoder import LatentEncoder
 from models.networks.stylegan2 import Generator
 from models.pack import (
     DEFAULTS,
@@ -626,3 +627,59 @@ def test_bad_manifest_entries(pack_dir: Path, edit: Callable[[dict[str, Any]], A
     edit_manifest(pack_dir, edit)
     with pytest.raises(PackError, match=message):
         load_pack(pack_dir, "cpu")
+
+
+# ----------------------------------------------------------------------------
+# The optional encoder.
+
+
+def tiny_encoder(generator: Generator) -> LatentEncoder:
+    torch.manual_seed(5)
+    return LatentEncoder(img_resolution=16, num_ws=generator.num_ws, w_dim=W_DIM, width=4, hidden=8).eval()
+
+
+def test_encoder_round_trip(
+    tmp_path: Path, generator: Generator, attributes: dict[str, PackAttribute]
+) -> None:
+    encoder = tiny_encoder(generator)
+    path = save_pack(
+        tmp_path / "with-encoder", name="e", description="d", generator=generator,
+        generator_kind="stylegan2", attributes=attributes, encoder=encoder,
+    )
+    manifest = read_manifest(path)
+    assert manifest["encoder"]["weights"] == "encoder.safetensors"
+    assert "encoder.safetensors" in manifest["files"]
+    pack = load_pack(path, "cpu")
+    assert isinstance(pack.encoder, LatentEncoder)
+    assert not pack.encoder.training and not any(p.requires_grad for p in pack.encoder.parameters())
+    images = generator.synthesis(torch.randn(2, generator.num_ws, W_DIM), noise_mode="const")
+    codes = pack.encoder(images)
+    assert codes.shape == (2, generator.num_ws, W_DIM)
+    assert torch.equal(codes, encoder(images))
+
+    # A pack without one, and a manifest written before the key existed, load with encoder None.
+    edit_manifest(path, lambda m: m.update(encoder=None))
+    assert load_pack(path, "cpu").encoder is None
+    edit_manifest(path, lambda m: m.pop("encoder"))
+    assert load_pack(path, "cpu").encoder is None
+
+
+def test_encoder_must_fit_the_generator(
+    tmp_path: Path, generator: Generator, attributes: dict[str, PackAttribute]
+) -> None:
+    wrong = LatentEncoder(img_resolution=16, num_ws=generator.num_ws, w_dim=W_DIM + 1, width=4, hidden=8)
+    with pytest.raises(ValueError, match="encoder is built for"):
+        save_pack(
+            tmp_path / "p", name="e", description="d", generator=generator, generator_kind="stylegan2",
+            attributes=attributes, encoder=wrong,
+        )
+    path = save_pack(
+        tmp_path / "q", name="e", description="d", generator=generator, generator_kind="stylegan2",
+        attributes=attributes, encoder=tiny_encoder(generator),
+    )
+    edit_manifest(path, lambda m: m["encoder"]["kwargs"].update(num_ws=generator.num_ws + 1))
+    with pytest.raises(PackError, match="encoder is built for"):
+        load_pack(path, "cpu")
+    edit_manifest(path, lambda m: m["encoder"]["kwargs"].update(num_ws=generator.num_ws, bogus=1))
+    with pytest.raises(PackError, match="encoder.kwargs"):
+        load_pack(path, "cpu")
