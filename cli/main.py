@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cli.serve", "Start the HTTP API."),
     "render": ("cli.render", "Render latents or seeds to PNG (or raw .npy) with a model pack."),
     "edit": ("cli.edit", "Run an IALS edit locally and write frames, latents and scores."),
+    "convert": ("cli.convert", "Convert NVIDIA, rosinality or official IALS checkpoints into a model pack."),
 }
 
 

@@ -104,6 +104,8 @@ GENERATOR_KINDS: dict[str, GeneratorKind] = {
         edit_synthesis_kwargs=MappingProxyType({"fused_modconv": False}),
     ),
     "procedural": GeneratorKind("models.networks.procedural:ProceduralGenerator", w_avg="mapping.w_avg"),
+    # StyleGAN (v1), the lernapparat port that the official IALS code runs (`ials convert ials-pretrain`).
+    "stylegan1": GeneratorKind("models.networks.stylegan1:Generator", w_avg="mapping.w_avg"),
 }
 
 MAX_DEFAULT_STEPS = 1000
