@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("cli.render", "Render latents or seeds to PNG (or raw .npy) with a model pack."),
     "edit": ("cli.edit", "Run an IALS edit locally and write frames, latents and scores."),
     "convert": ("cli.convert", "Convert NVIDIA, rosinality or official IALS checkpoints into a model pack."),
+    "build-demo-pack": ("cli.build_demo_pack", "Rebuild the embedded demo pack from nothing (about 30 min)."),
 }
 
 
