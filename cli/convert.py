@@ -139,7 +139,7 @@ def _classifiers(
     result = {}
     for weights in found:
         with open(weights, "rb") as f:
-            classifier = load_ials_classifier(f, input_resolution=resolution)
+            classifier = load_ials_classifier(f, input_resolution=resolution, name=str(weights))
         name = weights.parent.name
         result[name] = (ATTRIBUTES.get(name, name), classifier.to(device))
     return result
@@ -160,15 +160,20 @@ def _fit_attributes(args: argparse.Namespace, G: Any, device: torch.device) -> d
     _say(
         f"fitting {' '.join(args.directions)} directions for {sorted(classifiers)} on {args.samples} samples"
     )
-    directions, problems = fit_directions(
-        G.to(device),
-        {name: clf for name, (_, clf) in classifiers.items()},
-        kinds=args.directions,
-        num_samples=args.samples,
-        generator=torch.Generator(device=device).manual_seed(args.seed),
-        on_progress=lambda line: _say(f"  {line}"),
-        device=device,
-    )
+    try:
+        directions, problems = fit_directions(
+            G.to(device),
+            {name: clf for name, (_, clf) in classifiers.items()},
+            kinds=args.directions,
+            num_samples=args.samples,
+            generator=torch.Generator(device=device).manual_seed(args.seed),
+            on_progress=lambda line: _say(f"  {line}"),
+            device=device,
+        )
+    except (ValueError, RuntimeError) as exc:  # A zero averaged direction, CUDA out of memory, ...
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        raise CliError(f"fitting directions on {device} failed: {reason}") from exc
     for problem in problems:
         _say(f"note: {problem}")
     return {

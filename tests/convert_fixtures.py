@@ -216,6 +216,71 @@ def write_nvidia_pkl(
     return path
 
 
+# NVIDIA's own names and shapes, frozen: `training.networks.Generator(z_dim=32, c_dim=0, w_dim=32,
+# img_resolution=16, img_channels=3, mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(
+# channel_base=256, channel_max=32, num_fp16_res=0, conv_clamp=None)).state_dict()` of
+# NVlabs/stylegan2-ada-pytorch at d72cc7d, in its order. Our tests pickle our own Generator, so only
+# this list catches a name or shape that drifts from NVIDIA's (the config of `tests.packs.tiny_generator`).
+NVIDIA_G_STATE_16PX: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("synthesis.b4.const", (32, 4, 4)),
+    ("synthesis.b4.resample_filter", (4, 4)),
+    ("synthesis.b4.conv1.weight", (32, 32, 3, 3)),
+    ("synthesis.b4.conv1.noise_strength", ()),
+    ("synthesis.b4.conv1.bias", (32,)),
+    ("synthesis.b4.conv1.resample_filter", (4, 4)),
+    ("synthesis.b4.conv1.noise_const", (4, 4)),
+    ("synthesis.b4.conv1.affine.weight", (32, 32)),
+    ("synthesis.b4.conv1.affine.bias", (32,)),
+    ("synthesis.b4.torgb.weight", (3, 32, 1, 1)),
+    ("synthesis.b4.torgb.bias", (3,)),
+    ("synthesis.b4.torgb.affine.weight", (32, 32)),
+    ("synthesis.b4.torgb.affine.bias", (32,)),
+    ("synthesis.b8.resample_filter", (4, 4)),
+    ("synthesis.b8.conv0.weight", (32, 32, 3, 3)),
+    ("synthesis.b8.conv0.noise_strength", ()),
+    ("synthesis.b8.conv0.bias", (32,)),
+    ("synthesis.b8.conv0.resample_filter", (4, 4)),
+    ("synthesis.b8.conv0.noise_const", (8, 8)),
+    ("synthesis.b8.conv0.affine.weight", (32, 32)),
+    ("synthesis.b8.conv0.affine.bias", (32,)),
+    ("synthesis.b8.conv1.weight", (32, 32, 3, 3)),
+    ("synthesis.b8.conv1.noise_strength", ()),
+    ("synthesis.b8.conv1.bias", (32,)),
+    ("synthesis.b8.conv1.resample_filter", (4, 4)),
+    ("synthesis.b8.conv1.noise_const", (8, 8)),
+    ("synthesis.b8.conv1.affine.weight", (32, 32)),
+    ("synthesis.b8.conv1.affine.bias", (32,)),
+    ("synthesis.b8.torgb.weight", (3, 32, 1, 1)),
+    ("synthesis.b8.torgb.bias", (3,)),
+    ("synthesis.b8.torgb.affine.weight", (32, 32)),
+    ("synthesis.b8.torgb.affine.bias", (32,)),
+    ("synthesis.b16.resample_filter", (4, 4)),
+    ("synthesis.b16.conv0.weight", (16, 32, 3, 3)),
+    ("synthesis.b16.conv0.noise_strength", ()),
+    ("synthesis.b16.conv0.bias", (16,)),
+    ("synthesis.b16.conv0.resample_filter", (4, 4)),
+    ("synthesis.b16.conv0.noise_const", (16, 16)),
+    ("synthesis.b16.conv0.affine.weight", (32, 32)),
+    ("synthesis.b16.conv0.affine.bias", (32,)),
+    ("synthesis.b16.conv1.weight", (16, 16, 3, 3)),
+    ("synthesis.b16.conv1.noise_strength", ()),
+    ("synthesis.b16.conv1.bias", (16,)),
+    ("synthesis.b16.conv1.resample_filter", (4, 4)),
+    ("synthesis.b16.conv1.noise_const", (16, 16)),
+    ("synthesis.b16.conv1.affine.weight", (16, 32)),
+    ("synthesis.b16.conv1.affine.bias", (16,)),
+    ("synthesis.b16.torgb.weight", (3, 16, 1, 1)),
+    ("synthesis.b16.torgb.bias", (3,)),
+    ("synthesis.b16.torgb.affine.weight", (16, 32)),
+    ("synthesis.b16.torgb.affine.bias", (16,)),
+    ("mapping.w_avg", (32,)),
+    ("mapping.fc0.weight", (32, 32)),
+    ("mapping.fc0.bias", (32,)),
+    ("mapping.fc1.weight", (32, 32)),
+    ("mapping.fc1.bias", (32,)),
+)
+
+
 # ----------------------------------------------------------------------------
 # rosinality stylegan2-pytorch.
 

@@ -2,18 +2,127 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["ConvertError", "KeyRule", "load_converted", "map_tensors"]
+__all__ = [
+    "ConvertError",
+    "KeyRule",
+    "error_line",
+    "load_converted",
+    "map_tensors",
+    "read_head",
+    "torch_load",
+    "torch_load_detail",
+]
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format since torch 1.6 is a zip archive.
+# NVIDIA's network pickles name these modules near their start (training_set_kwargs, G).
+NVIDIA_MARKERS = (b"torch_utils.persistence", b"dnnlib")
+HEAD_BYTES = 1 << 16
 
 
 class ConvertError(ValueError):
     """A checkpoint that cannot be converted; the message names the format expected and the key at fault."""
+
+
+def error_line(err: BaseException, limit: int = 200) -> str:
+    """`ErrType: first line` of an exception, shortened: for one-line messages that wrap a library error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def read_head(f: IO[bytes], size: int = HEAD_BYTES) -> bytes:
+    """The first `size` bytes of a seekable file, which is left where it was (b"" if not seekable)."""
+    if not f.seekable():
+        return b""
+    start = f.tell()
+    try:
+        return f.read(size)
+    finally:
+        f.seek(start)
+
+
+def torch_load_detail(err: BaseException) -> str:
+    """`ErrType: reason` of a `torch.load` failure, one line, without torch's advice to load unsafely."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # torch's preamble suggests weights_only=False; drop it.
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    for advice in (
+        " Please use",
+        " Re-running",
+        " Check the documentation",
+        " This is an internal",
+        " If you",
+    ):
+        first = first.split(advice, 1)[0]
+    if "weights_only" in first or "safe_globals" in first:
+        first = ""
+    first = first.strip()
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def torch_load(f: IO[bytes], what: str, *, allowed: Iterable[Any] = ()) -> Any:
+    """`torch.load(f, map_location="cpu", weights_only=True)`, its failures as one-line `ConvertError`s.
+
+    torch's own messages span lines and advise `weights_only=False` or `add_safe_globals`, the unsafe
+    step this refuses; they are replaced by one line that keeps torch's reason. Common mistakes are
+    named: an empty file, and an NVIDIA network pickle (for `ials convert nvidia-pkl`).
+
+    Args:
+        f: An open binary file.
+        what: The format expected, for messages ("a rosinality ... checkpoint (.pt)").
+        allowed: Classes allowed beyond weights (`torch.serialization.safe_globals`).
+
+    Returns:
+        What the file holds.
+
+    Raises:
+        ConvertError: If torch cannot read the file weights-only.
+    """
+    head = read_head(f)
+    if f.seekable() and not head:
+        raise ConvertError(f"not {what}: empty file")
+    allowed = list(allowed)
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    allow = safe_globals(allowed) if allowed and safe_globals is not None else contextlib.nullcontext()
+    try:
+        with warnings.catch_warnings(), allow:
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4", TypedStorage, ...
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on foreign files.
+        text = str(err)
+        if not head.startswith(ZIP_MAGIC) and (
+            any(marker in head for marker in NVIDIA_MARKERS)
+            or "torch_utils.persistence" in text
+            or "dnnlib" in text
+        ):
+            raise ConvertError(
+                f"not {what}: this is an NVIDIA pickle (torch_utils.persistence, dnnlib): use "
+                "`ials convert nvidia-pkl`"
+            ) from err
+        plain = (
+            f"; a plain pickle (protocol {head[1]}), not a torch.save file"
+            if head[:1] == b"\x80" and head[1:2] in (b"\x03", b"\x04", b"\x05")
+            else ""
+        )
+        detail = torch_load_detail(err)
+        raise ConvertError(
+            f"not {what}: not readable with torch.load(weights_only=True) ({detail}){plain}"
+        ) from err
 
 
 class KeyRule(NamedTuple):
@@ -70,14 +179,19 @@ def map_tensors(
             leftover.append(key)
             continue
         match, rule = found
-        value = rule.transform(tensor) if rule.transform is not None else tensor
-        if rule.target is None:
-            continue
-        target = match.expand(rule.target)
-        if target not in expected:
+        target = match.expand(rule.target) if rule.target is not None else None
+        if target is not None and target not in expected:
             raise ConvertError(
                 f"{what}: {key!r} maps to {target!r}, which the converted network does not have"
             )
+        if target is not None and tensor.numel() != expected[target].numel():  # before any copy
+            raise ConvertError(
+                f"{what}: {key!r} has shape {tuple(tensor.shape)}, but {target!r} needs "
+                f"{tuple(expected[target].shape)}"
+            )
+        value = rule.transform(tensor) if rule.transform is not None else tensor
+        if target is None:
+            continue
         if target in origin:
             raise ConvertError(f"{what}: {target!r} is filled twice, by {origin[target]!r} and {key!r}")
         if tuple(value.shape) != tuple(expected[target].shape):

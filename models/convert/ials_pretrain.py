@@ -32,7 +32,14 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from models.convert.common import ConvertError, KeyRule, load_converted, map_tensors
+from models.convert.common import (
+    ConvertError,
+    KeyRule,
+    error_line,
+    load_converted,
+    map_tensors,
+    torch_load,
+)
 from models.networks.classifier import AttributeClassifier
 from models.networks.stylegan1 import Generator
 
@@ -46,8 +53,8 @@ __all__ = [
     "load_ials_pretrain",
 ]
 
-GENERATOR_FORMAT = "an IALS StyleGAN (v1) generator state dict (pretrain/stylegan/{dataset}/weight.pkl)"
-CLASSIFIER_FORMAT = "an IALS attribute classifier state dict (pretrain/classifier/{attr}/weight.pkl)"
+GENERATOR_FORMAT = "an IALS StyleGAN (v1) generator state dict"  # stylegan/<dataset>/weight.pkl
+CLASSIFIER_FORMAT = "an IALS attribute classifier state dict"  # classifier/<attr>/weight.pkl
 NPY_FORMAT = "a NumPy .npy array"
 
 # The official attribute folders and what they mean.
@@ -68,11 +75,14 @@ MAPPING_LR_MULTIPLIER = 0.01  # The port's G_mapping: lrmul=0.01 on every dense 
 NOISE_SEED = 0
 
 
+def _described(kind: str, f: IO[bytes], name: str | None) -> str:
+    """`kind (file)`: `name` (a path relative to pretrain/) if given, else the file's own name."""
+    file_name = name if name is not None else getattr(f, "name", None)
+    return f"{kind} ({file_name})" if isinstance(file_name, str) else kind
+
+
 def _load_state(f: IO[bytes], what: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... on foreign files.
-        raise ConvertError(f"not {what} (read with torch.load(weights_only=True)): {err}") from err
+    state = torch_load(f, what)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConvertError(f"not {what}: expected a state dict of tensors, got {type(state).__name__}")
     return dict(state)
@@ -81,8 +91,8 @@ def _load_state(f: IO[bytes], what: str) -> dict[str, torch.Tensor]:
 def _read_npy(f: IO[bytes], what: str) -> np.ndarray[Any, Any]:
     try:
         array = np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise ConvertError(f"{what}: not {NPY_FORMAT}: {err}") from err
+    except Exception as err:  # ValueError, EOFError, MemoryError (a header declaring a huge shape), ...
+        raise ConvertError(f"{what}: not {NPY_FORMAT}: {error_line(err)}") from err
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
         raise ConvertError(f"{what}: expected a numeric array, got {getattr(array, 'dtype', type(array))}")
     if not np.isfinite(array).all():
@@ -104,9 +114,7 @@ def _blur_check(kernel: torch.Tensor) -> torch.Tensor:
     f = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
     expected = (torch.outer(f, f) / 16)[None, None]
     if tuple(kernel.shape) != (1, 1, 3, 3) or not torch.allclose(kernel.double(), expected, atol=1e-6):
-        raise ConvertError(
-            f"{GENERATOR_FORMAT}: only the blur kernel [1, 2, 1] is supported, got {kernel.tolist()}"
-        )
+        raise ConvertError(f"only the blur kernel [1, 2, 1] is supported, got {kernel.tolist()}")
     return kernel
 
 
@@ -133,16 +141,14 @@ GENERATOR_RULES = [
 ]
 
 
-def _fmap_config(channels: dict[int, int]) -> tuple[int, int]:
+def _fmap_config(channels: dict[int, int], what: str) -> tuple[int, int]:
     """The port's (fmap_base, fmap_max), fmap_decay 1: channels at resolution r = min(2 * base // r, max)."""
     fmap_max = max(channels.values())
     narrower = [res for res in sorted(channels) if channels[res] < fmap_max]
     top = max(channels)
     fmap_base = channels[narrower[0]] * narrower[0] // 2 if narrower else fmap_max * top // 2
     if any(min(int(fmap_base / (res / 2)), fmap_max) != ch for res, ch in channels.items()):
-        raise ConvertError(
-            f"{GENERATOR_FORMAT}: channel widths {channels} do not follow the port's fmap rule"
-        )
+        raise ConvertError(f"{what}: channel widths {channels} do not follow the port's fmap rule")
     return fmap_base, fmap_max
 
 
@@ -152,6 +158,7 @@ def load_ials_generator(
     avg_code: np.ndarray[Any, Any],
     noise_seed: int = NOISE_SEED,
     fused_upscale_min_res: int = 128,
+    name: str | None = None,
 ) -> Generator:
     """Read the IALS StyleGAN (v1) state dict into our `models.networks.stylegan1.Generator`.
 
@@ -164,6 +171,7 @@ def load_ials_generator(
         avg_code: `avg_code.npy`, `[w_dim]` or `[1, w_dim]`.
         noise_seed: Seed of the constant noise.
         fused_upscale_min_res: Resolution from which upsampling is fused (128 in the port; tests lower it).
+        name: The file's name in messages (`stylegan/ffhq/weight.pkl`); default: `f.name`.
 
     Returns:
         The generator, in eval mode without gradients.
@@ -171,7 +179,8 @@ def load_ials_generator(
     Raises:
         ConvertError: If the file is not such a state dict or a tensor is left over, missing or misshapen.
     """
-    state = _load_state(f, GENERATOR_FORMAT)
+    what = _described(GENERATOR_FORMAT, f, name)
+    state = _load_state(f, what)
     try:
         dense = sorted(
             int(m.group(1)) for k in state if (m := re.fullmatch(r"g_mapping\.dense(\d+)\.weight", k))
@@ -187,12 +196,10 @@ def load_ials_generator(
         }
         img_channels = int(state["g_synthesis.torgb.weight"].shape[0])
     except (KeyError, IndexError) as err:
-        raise ConvertError(f"not {GENERATOR_FORMAT}: {err!r} is missing") from err
+        raise ConvertError(f"not {what}: {err!r} is missing") from err
     if dense != list(range(len(dense))) or resolutions != [2**i for i in range(2, 2 + len(resolutions))]:
-        raise ConvertError(
-            f"not {GENERATOR_FORMAT}: mapping layers {dense}, synthesis resolutions {resolutions}"
-        )
-    fmap_base, fmap_max = _fmap_config(channels)
+        raise ConvertError(f"not {what}: mapping layers {dense}, synthesis resolutions {resolutions}")
+    fmap_base, fmap_max = _fmap_config(channels, what)
     has_blur = any(k.endswith("conv0_up.intermediate.kernel") for k in state)
     G = Generator(
         z_dim=z_dim,
@@ -221,8 +228,8 @@ def load_ials_generator(
         if key.endswith("noise_const")
     }
     derived["mapping.w_avg"] = _vector(avg_code, w_dim, "avg_code.npy")
-    tensors = map_tensors(state, GENERATOR_RULES, own, derived=derived, what=GENERATOR_FORMAT)
-    load_converted(G, {k: t.to(torch.float32) for k, t in tensors.items()}, what=GENERATOR_FORMAT)
+    tensors = map_tensors(state, GENERATOR_RULES, own, derived=derived, what=what)
+    load_converted(G, {k: t.to(torch.float32) for k, t in tensors.items()}, what=what)
     return G.eval().requires_grad_(False)
 
 
@@ -241,7 +248,9 @@ CLASSIFIER_RULES = [
 ]
 
 
-def load_ials_classifier(f: IO[bytes], *, input_resolution: int = 256) -> AttributeClassifier:
+def load_ials_classifier(
+    f: IO[bytes], *, input_resolution: int = 256, name: str | None = None
+) -> AttributeClassifier:
     """Read an IALS `ClassifyModel` state dict into our `AttributeClassifier`.
 
     The classifier is fed the generator's image mapped to [0, 1] and area-downsampled to
@@ -250,6 +259,7 @@ def load_ials_classifier(f: IO[bytes], *, input_resolution: int = 256) -> Attrib
     Args:
         f: `weight.pkl`, an open binary file.
         input_resolution: Side of the network input (256 for the official 1024 px generators).
+        name: The file's name in messages (`classifier/smiling/weight.pkl`); default: `f.name`.
 
     Returns:
         The classifier, in eval mode without gradients.
@@ -257,13 +267,14 @@ def load_ials_classifier(f: IO[bytes], *, input_resolution: int = 256) -> Attrib
     Raises:
         ConvertError: If the file is not such a state dict or a tensor is left over, missing or misshapen.
     """
-    state = _load_state(f, CLASSIFIER_FORMAT)
+    what = _described(CLASSIFIER_FORMAT, f, name)
+    state = _load_state(f, what)
     if "backbone.0.weight" not in state or "extra_layer.weight" not in state:
-        raise ConvertError(f"not {CLASSIFIER_FORMAT}: no backbone.0.weight and extra_layer.weight")
+        raise ConvertError(f"not {what}: no backbone.0.weight and extra_layer.weight")
     arch = "resnet50" if any(k.endswith("conv3.weight") for k in state) else "resnet18"
     num_classes = int(state["extra_layer.weight"].shape[0])
     if num_classes != 2:
-        raise ConvertError(f"{CLASSIFIER_FORMAT}: expected a 2-class head, got {num_classes} classes")
+        raise ConvertError(f"{what}: expected a 2-class head, got {num_classes} classes")
     classifier = AttributeClassifier(
         arch=arch,
         width=int(state["backbone.0.weight"].shape[0]),
@@ -278,8 +289,8 @@ def load_ials_classifier(f: IO[bytes], *, input_resolution: int = 256) -> Attrib
         for key, t in own.items()
         if key.endswith("num_batches_tracked") and _source_key(key) not in state
     }
-    tensors = map_tensors(state, CLASSIFIER_RULES, own, derived=derived, what=CLASSIFIER_FORMAT)
-    load_converted(classifier, tensors, what=CLASSIFIER_FORMAT)
+    tensors = map_tensors(state, CLASSIFIER_RULES, own, derived=derived, what=what)
+    load_converted(classifier, tensors, what=what)
     return classifier.eval().requires_grad_(False)
 
 
@@ -369,11 +380,15 @@ def load_ials_pretrain(
             "are "
             f"needed (datasets found: {found})"
         )
-    avg_code = _open(gan_dir / "avg_code.npy", lambda f: _read_npy(f, "avg_code.npy"))
+    avg_code = _open(gan_dir / "avg_code.npy", lambda f: _read_npy(f, f"stylegan/{dataset}/avg_code.npy"))
     G = _open(
         gan_dir / "weight.pkl",
         lambda f: load_ials_generator(
-            f, avg_code=avg_code, noise_seed=noise_seed, fused_upscale_min_res=fused_upscale_min_res
+            f,
+            avg_code=avg_code,
+            noise_seed=noise_seed,
+            fused_upscale_min_res=fused_upscale_min_res,
+            name=f"stylegan/{dataset}/weight.pkl",
         ),
     )
     result = IalsPretrain(generator=G, dataset=dataset, attributes={})
@@ -402,7 +417,12 @@ def load_ials_pretrain(
             result.notes.append(f"skipped attribute {name!r}: no attr_level_direction/*/{dataset}/{name}.npy")
             continue
         classifier = _open(
-            classifier_path, lambda f: load_ials_classifier(f, input_resolution=classifier_resolution)
+            classifier_path,
+            functools.partial(
+                load_ials_classifier,
+                input_resolution=classifier_resolution,
+                name=str(classifier_path.relative_to(root)),
+            ),
         )
         result.attributes[name] = IalsAttribute(name, ATTRIBUTES.get(name, name), classifier, directions)
     if not result.attributes:
@@ -413,11 +433,13 @@ def load_ials_pretrain(
     # Real latent codes and the VGG: checked and reported, not packed.
     for path in sorted((root / "real_latent_code").glob("*.npy")):
         rel = str(path.relative_to(root))
-        code = _open(path, functools.partial(_read_npy, what=rel))
+        try:
+            code = _open(path, functools.partial(_read_npy, what=rel))
+        except ConvertError as err:  # One bad code is skipped, not the whole folder.
+            result.notes.append(f"skipped {err}")
+            continue
         if code.shape not in ((G.num_ws, G.w_dim), (1, G.num_ws, G.w_dim)):
-            result.notes.append(
-                f"{path.relative_to(root)}: shape {list(code.shape)} is not [{G.num_ws}, {G.w_dim}]"
-            )
+            result.notes.append(f"skipped {rel}: shape {list(code.shape)} is not [{G.num_ws}, {G.w_dim}]")
             continue
         result.latent_codes.append(path)
     if (root / "vgg" / "imagenet_vgg16.pth").is_file():

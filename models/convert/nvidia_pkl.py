@@ -11,13 +11,12 @@ arguments refused, and filled with its parameters and buffers under NVIDIA's own
 from __future__ import annotations
 
 import inspect
-import pickle
 from typing import IO, Any
 
 import numpy as np
 import torch
 
-from models.convert.common import ConvertError, load_converted
+from models.convert.common import ZIP_MAGIC, ConvertError, error_line, load_converted, read_head
 from models.convert.safe_unpickle import PersistentObject, UnsafePickleError, restricted_load
 from models.networks.stylegan2 import (
     Generator,
@@ -31,6 +30,7 @@ __all__ = ["FORMAT_NAME", "load_nvidia_pkl"]
 
 FORMAT_NAME = "an NVIDIA StyleGAN2-ADA network pickle (.pkl)"
 PERSISTENCE_VERSION = 6  # torch_utils/persistence.py `_version` of stylegan2-ada-pytorch.
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # The first record of a torch.save file in the legacy format.
 
 
 def _params(cls: type, *exclude: str) -> set[str]:
@@ -141,22 +141,39 @@ def load_nvidia_pkl(f: IO[bytes]) -> Generator:
 
     Raises:
         ConvertError: If the file is not such a pickle (not a pickle, a refused name, a TensorFlow or
-            StyleGAN3 pickle, no `G_ema`), or G_ema's kwargs or tensors do not fit our generator.
+            StyleGAN3 pickle, no `G_ema`), or G_ema's kwargs or tensors do not fit our generator. Any
+            other failure while reading or rebuilding (a corrupt file) is one too; only
+            `KeyboardInterrupt` and `SystemExit` pass through.
     """
+    head = read_head(f, 4)
+    if f.seekable() and not head:
+        raise ConvertError(f"not {FORMAT_NAME}: empty file")
+    if head.startswith(ZIP_MAGIC):
+        raise ConvertError(
+            f"not {FORMAT_NAME}: a torch.save checkpoint (a zip archive); did you mean "
+            "`ials convert rosinality`?"
+        )
     try:
         data = restricted_load(f)
     except UnsafePickleError as err:
         raise ConvertError(f"not {FORMAT_NAME}, or an unsafe one: {err}") from err
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-    ) as err:
-        raise ConvertError(f"not {FORMAT_NAME}: {type(err).__name__}: {err}") from err
+    except Exception as err:  # Corrupt files: UnpicklingError, EOFError, MemoryError, RecursionError, ...
+        raise ConvertError(f"not {FORMAT_NAME}: {error_line(err)}") from err
+    if isinstance(data, int) and data == TORCH_LEGACY_MAGIC:
+        raise ConvertError(
+            f"not {FORMAT_NAME}: a torch.save checkpoint (legacy format); did you mean "
+            "`ials convert rosinality`?"
+        )
+    try:
+        return _rebuild(data)
+    except ConvertError:
+        raise
+    except Exception as err:  # Records of unexpected types deep inside: TypeError, RecursionError, ...
+        raise ConvertError(f"{FORMAT_NAME}: cannot rebuild G_ema: {error_line(err)}") from err
+
+
+def _rebuild(data: Any) -> Generator:
+    """Our generator from the unpickled data."""
     if not isinstance(data, dict) or not isinstance(data.get("G_ema"), PersistentObject):
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise ConvertError(f"not {FORMAT_NAME}: expected a dict with a G_ema network, found {found}")
@@ -176,8 +193,8 @@ def load_nvidia_pkl(f: IO[bytes]) -> Generator:
         G = Generator(**kwargs)
     except (TypeError, ValueError, AssertionError, KeyError) as err:
         raise ConvertError(
-            f"{FORMAT_NAME}: cannot build a generator from G_ema's kwargs {kwargs}: {err}"
+            f"{FORMAT_NAME}: cannot build a generator from G_ema's kwargs {kwargs}: {error_line(err)}"
         ) from err
-    tensors = {key: t.to(torch.float32) if t.is_floating_point() else t for key, t in _tensors(obj).items()}
-    load_converted(G, tensors, what=f"{FORMAT_NAME}: G_ema")
+    # Names and shapes are checked before any copy or cast (a stride-0 view may claim terabytes).
+    load_converted(G, _tensors(obj), what=f"{FORMAT_NAME}: G_ema")
     return G.eval().requires_grad_(False)

@@ -19,16 +19,14 @@ upsampling) are checked, not copied, since our filters are constructor constants
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from typing import IO, Any, NamedTuple
 
 import torch
 
-from models.convert.common import ConvertError, KeyRule, load_converted, map_tensors
+from models.convert.common import ConvertError, KeyRule, load_converted, map_tensors, torch_load
 from models.networks.stylegan2 import Generator
 
 __all__ = ["FORMAT_NAME", "RosinalityCheckpoint", "load_rosinality"]
@@ -156,13 +154,7 @@ def load_rosinality(
         ConvertError: If the file is not such a checkpoint, or a tensor is left over, missing or misshapen.
     """
     # `args` of train.py checkpoints is an argparse.Namespace; torch < 2.5 cannot allow it.
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    allow = safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
-    try:
-        with allow:
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as err:
-        raise ConvertError(f"not {FORMAT_NAME} (read with torch.load(weights_only=True)): {err}") from err
+    ckpt = torch_load(f, FORMAT_NAME, allowed=[argparse.Namespace])
     state, latent_avg = _state_dict(ckpt)
 
     # Sizes, from the tensors.

@@ -19,8 +19,10 @@ name to a function of ours that only builds inert data:
   through `np.frombuffer`.
 
 Anything else (`os.system`, `builtins.eval`, `torch.load`, ...) is refused with `UnsafePickleError`
-before it is called. Protocols 0 to 5 are read; protocol 2 and 3 files name modules the Python 2 way
-(`__builtin__`, `copy_reg`), which is accepted for the same names.
+before it is called. Network pickles are read in protocols 2 to 5 (NVIDIA's `pickle.dump` writes 4);
+protocol 2 files name modules the Python 2 way (`__builtin__`), which is accepted for the same names.
+Protocols 0 and 1 write objects such as `EasyDict` through `copy_reg._reconstructor`, which is refused
+with a message that says so (plain data in them, dicts and lists, still loads).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+
+from models.convert.common import error_line, torch_load_detail
 
 __all__ = ["EasyDict", "PersistentObject", "UnsafePickleError", "restricted_load"]
 
@@ -66,6 +70,13 @@ class PersistentObject:
         self.class_name = meta["class_name"]
         self.state = meta["state"]
 
+    def __setstate__(self, state: Any) -> None:
+        # A BUILD opcode over a record would replace module_src, class_name or state after the checks.
+        raise UnsafePickleError(
+            f"persistent object {self.class_name!r} with instance state {type(state).__name__} after "
+            "its record"
+        )
+
     def __repr__(self) -> str:
         return f"PersistentObject({self.class_name!r})"
 
@@ -96,7 +107,9 @@ def _load_from_bytes(data: Any) -> torch.TypedStorage | torch.UntypedStorage:
         try:
             storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... on bad streams.
-            raise UnsafePickleError(f"a tensor storage did not load weights-only: {err}") from err
+            raise UnsafePickleError(
+                f"a tensor storage did not load weights-only ({torch_load_detail(err)})"
+            ) from err
     if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
         raise UnsafePickleError(f"a storage stream held a {type(storage).__name__}")
     return storage
@@ -138,7 +151,7 @@ def _rebuild_tensor_v2(
             untyped = storage.untyped() if is_typed else storage  # type: ignore[no-untyped-call]
             return torch.empty((0,), dtype=dtype).set_(untyped, storage_offset, shape, strides)
     except RuntimeError as err:  # Out-of-bounds views of the storage.
-        raise UnsafePickleError(f"a tensor does not fit its storage: {err}") from err
+        raise UnsafePickleError(f"a tensor does not fit its storage: {error_line(err)}") from err
 
 
 def _rebuild_parameter(
@@ -212,7 +225,9 @@ class _NdArray:
             flat = np.frombuffer(bytes(raw), dtype=dt)
             self.array = flat.reshape(shape, order="F" if is_fortran else "C").copy()
         except ValueError as err:
-            raise UnsafePickleError(f"numpy.ndarray data does not fit its shape {shape}: {err}") from err
+            raise UnsafePickleError(
+                f"numpy.ndarray data does not fit its shape {shape}: {error_line(err)}"
+            ) from err
 
 
 _NDARRAY = object()  # What `numpy.ndarray` unpickles to: only a marker for `_reconstruct`.
@@ -227,7 +242,7 @@ def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.nda
         array: np.ndarray[Any, Any] = flat.reshape(_int_tuple(shape, "shape"), order=order).copy()
         return array
     except ValueError as err:
-        raise UnsafePickleError(f"numpy array data does not fit its shape: {err}") from err
+        raise UnsafePickleError(f"numpy array data does not fit its shape: {error_line(err)}") from err
 
 
 def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
@@ -261,9 +276,20 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+_RECONSTRUCTOR = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor")}
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler: its memo is a dict. The C one sizes a zero-filled memo array by the
+    largest index a PUT opcode names, so one corrupt index makes it allocate and touch gigabytes."""
+
     def find_class(self, module: str, name: str) -> Any:
         value = _ALLOWED.get((module, name))
+        if (module, name) in _RECONSTRUCTOR:
+            raise UnsafePickleError(
+                f"refused to load {module}.{name}, how pickle protocols 0 and 1 write objects: network "
+                "pickles are read in protocols 2 to 5; re-save it with pickle protocol 2 or later"
+            )
         if module.startswith("dnnlib.tflib"):
             raise UnsafePickleError(
                 f"a TensorFlow StyleGAN pickle ({module}.{name}); convert it to a PyTorch pickle first with "
@@ -279,34 +305,60 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError("persistent ids are not expected in a network pickle")
 
 
-def _finish(value: Any, memo: dict[int, Any]) -> Any:
-    """Replace the NumPy stand-ins by arrays and dtypes, through containers and persistent states."""
-    key = id(value)
-    if key in memo:
-        return memo[key]
-    if isinstance(value, _NdArray):
-        result: Any = value.array
-    elif isinstance(value, _DType):
-        result = value.dtype
-    elif isinstance(value, PersistentObject):
-        memo[key] = value
-        value.state = _finish(value.state, memo)
-        return value
-    elif isinstance(value, dict):
-        memo[key] = value
-        for k in list(value):
-            value[k] = _finish(value[k], memo)
-        return value
-    elif isinstance(value, list):
-        memo[key] = value
-        value[:] = [_finish(v, memo) for v in value]
-        return value
-    elif isinstance(value, tuple):
-        result = tuple(_finish(v, memo) for v in value)
-    else:
-        result = value
-    memo[key] = result
-    return result
+def _finish(root: Any) -> Any:
+    """Replace the NumPy stand-ins by arrays and dtypes, through containers and persistent states.
+
+    Iterative, so that deeply nested data (a pickle can nest 100000 lists in a few hundred KB) cannot
+    exhaust the interpreter's stack. Dicts, lists and records are changed in place, keeping shared
+    references and cycles; tuples are rebuilt once their items are done.
+    """
+    results: dict[int, Any] = {}  # id of a value -> what replaces it
+    seen: list[Any] = []  # Keeps every value alive, so that ids are not reused while this runs.
+    containers: list[Any] = []
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        value, items_done = stack.pop()
+        key = id(value)
+        if items_done:  # A tuple whose items are finished.
+            finished = tuple(results[id(v)] for v in value)
+            if any(item is _PENDING for item in finished):
+                raise UnsafePickleError("a tuple that contains itself through a list or dict")
+            results[key] = finished
+            continue
+        if key in results:
+            continue
+        seen.append(value)
+        if isinstance(value, _NdArray):
+            results[key] = value.array
+        elif isinstance(value, _DType):
+            results[key] = value.dtype
+        elif isinstance(value, PersistentObject | dict | list):
+            results[key] = value
+            containers.append(value)
+            items = (
+                [value.state]
+                if isinstance(value, PersistentObject)
+                else list(value.values() if isinstance(value, dict) else value)
+            )
+            stack.extend((item, False) for item in reversed(items))
+        elif isinstance(value, tuple):
+            results[key] = _PENDING
+            stack.append((value, True))
+            stack.extend((item, False) for item in reversed(value))
+        else:
+            results[key] = value
+    for container in containers:
+        if isinstance(container, PersistentObject):
+            container.state = results[id(container.state)]
+        elif isinstance(container, dict):
+            for k in list(container):
+                container[k] = results[id(container[k])]
+        else:
+            container[:] = [results[id(v)] for v in container]
+    return results[id(root)]
+
+
+_PENDING = object()  # A tuple whose items are being finished.
 
 
 def restricted_load(f: IO[bytes]) -> Any:
@@ -321,7 +373,8 @@ def restricted_load(f: IO[bytes]) -> Any:
 
     Raises:
         UnsafePickleError: On a name outside the allow-list or unexpected arguments to one inside it.
-        pickle.UnpicklingError, EOFError, ValueError: On a file that is not a valid pickle.
+        pickle.UnpicklingError, EOFError, ValueError, MemoryError, ...: On a file that is not a valid
+            pickle (the unpickler raises what it meets).
     """
     load: Callable[[], Any] = _RestrictedUnpickler(f).load
-    return _finish(load(), {})
+    return _finish(load())

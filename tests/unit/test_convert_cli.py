@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,10 +94,26 @@ def test_rosinality_with_pack_classifiers(
 def test_errors_are_one_line(pretrain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.pkl"
     junk.write_bytes(b"hello")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    protocol4 = tmp_path / "p4.pt"
+    protocol4.write_bytes(pickle.dumps({"g_ema": {"style.1.weight": [1.0]}}, protocol=4))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    nvidia = write_nvidia_pkl(tmp_path / "nv.pkl", nvidia_snapshot(tiny_generator()))
+    torch_zip = write_rosinality(tmp_path / "ros.pt", {"style.1.weight": torch.zeros(2, 2)}, latent_avg=None)
     out = str(tmp_path / "pack")
+    ros = "not a rosinality stylegan2-pytorch checkpoint (.pt)"
     cases = [
         (["nvidia-pkl", str(junk)], "not an NVIDIA StyleGAN2-ADA network pickle (.pkl)"),
-        (["rosinality", str(junk)], "not a rosinality stylegan2-pytorch checkpoint (.pt)"),
+        (["rosinality", str(junk)], ros),
+        (["rosinality", str(noise)], f"{ros}: not readable with torch.load(weights_only=True) (Unpickling"),
+        (["rosinality", str(protocol4)], f"{ros}: not readable with torch.load(weights_only=True)"),
+        (["rosinality", str(nvidia)], f"{ros}: this is an NVIDIA pickle"),
+        (["rosinality", str(empty)], f"{ros}: empty file"),
+        (["nvidia-pkl", str(noise)], "not an NVIDIA StyleGAN2-ADA network pickle (.pkl)"),
+        (["nvidia-pkl", str(empty)], "not an NVIDIA StyleGAN2-ADA network pickle (.pkl): empty file"),
+        (["nvidia-pkl", str(torch_zip)], "a torch.save checkpoint (a zip archive); did you mean"),
         (
             ["ials-pretrain", str(junk)],
             "is not a folder; ials-pretrain expects the official IALS pretrain/ folder",
@@ -103,9 +122,39 @@ def test_errors_are_one_line(pretrain: Path, tmp_path: Path, capsys: pytest.Capt
         (["rosinality", str(tmp_path / "missing.pt")], "no such file or folder"),
     ]
     for args, message in cases:
-        assert main(["convert", *args, "--out", out]) == 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's "Detected pickle protocol 4" warning is suppressed.
+            assert main(["convert", *args, "--out", out]) == 2
         err = capsys.readouterr().err
         assert err.startswith("ials: error: ") and message in err and err.count("\n") == 1, err
+        assert "weights_only=False" not in err and "safe_globals" not in err, err
     src = write_nvidia_pkl(tmp_path / "net.pkl", nvidia_snapshot(tiny_generator()))
     assert main(["convert", "nvidia-pkl", str(src), "--out", out]) == 2
     assert "give --classifiers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("the averaged direction is zero\nmore"),
+        torch.OutOfMemoryError("CUDA out of memory.\nTried"),
+    ],
+)
+def test_direction_fitting_errors_are_one_line(
+    error: Exception,
+    pretrain: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("models.convert.directions.fit_directions", fail)
+    src = write_nvidia_pkl(tmp_path / "net.pkl", nvidia_snapshot(tiny_generator()))
+    argv = ["convert", "nvidia-pkl", str(src), "--out", str(tmp_path / "pack"),
+            "--classifiers", str(pretrain), "--classifier-resolution", "16"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ials: error: fitting directions on cpu failed: ") and err.count("\n") == 1, err
+    assert f"{type(error).__name__}: {str(error).splitlines()[0]}" in err

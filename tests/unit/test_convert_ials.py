@@ -342,3 +342,54 @@ def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match="weights_only"):
         load_ials_pretrain(root, dataset="celebahq", classifier_resolution=16)
     assert not marker.exists()
+
+
+def test_bad_latent_codes_are_notes(tmp_path: Path) -> None:
+    root = write_ials_pretrain(tmp_path / "pretrain")
+    codes = root / "real_latent_code"
+    (codes / "real1.npy").write_bytes(b"\x93NUMPY corrupt")
+    np.save(codes / "real3.npy", np.array(["not", "numbers"]))
+    np.save(codes / "real4.npy", np.zeros([2, W_DIM], np.float32))
+    result = load_ials_pretrain(root, classifier_resolution=16)
+    assert result.latent_codes == [codes / "real2.npy"]
+    skipped = sorted(note for note in result.notes if note.startswith("skipped real_latent_code/"))
+    assert [note.split(":")[0] for note in skipped] == [
+        f"skipped real_latent_code/real{i}.npy" for i in (1, 3, 4)
+    ]
+    assert "not a NumPy .npy array" in skipped[0] and "expected a numeric array" in skipped[1]
+    assert "shape [2, 32] is not [6, 32]" in skipped[2]
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    root = write_ials_pretrain(tmp_path / "pretrain")
+
+    def message(path: Path, content: object) -> str:
+        original = path.read_bytes()
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        try:
+            with pytest.raises(ConvertError) as info:
+                load_ials_pretrain(root, classifier_resolution=16)
+        finally:
+            path.write_bytes(original)
+        text = str(info.value)
+        assert "{" not in text and "\n" not in text, text
+        return text
+
+    generator = root / "stylegan" / "ffhq" / "weight.pkl"
+    sd = lernapparat_state_dict(16, z_dim=W_DIM, w_dim=W_DIM)
+    text = message(generator, {**sd, "g_synthesis.extra": torch.zeros(1)})
+    assert text.startswith(
+        "an IALS StyleGAN (v1) generator state dict (stylegan/ffhq/weight.pkl): source tensors"
+    )
+    assert "(stylegan/ffhq/weight.pkl): not readable with torch.load" in message(generator, b"junk")
+    male = root / "classifier" / "male" / "weight.pkl"
+    clf = ials_classifier_state_dict()
+    text = message(male, {k: v for k, v in clf.items() if k != "extra_layer.bias"})
+    assert text.startswith(
+        "an IALS attribute classifier state dict (classifier/male/weight.pkl): tensors of ours"
+    )
+    text = message(male, {**clf, "extra_layer.bias": torch.full([2], float("nan"))})
+    assert text.endswith("(classifier/male/weight.pkl): non-finite values in ['net.fc.bias']")

@@ -16,7 +16,13 @@ from models.convert.common import ConvertError
 from models.convert.nvidia_pkl import load_nvidia_pkl
 from models.convert.safe_unpickle import PersistentObject, UnsafePickleError, restricted_load
 from models.networks.stylegan2 import Generator
-from tests.convert_fixtures import EasyDict, NvidiaPickler, nvidia_snapshot, write_nvidia_pkl
+from tests.convert_fixtures import (
+    NVIDIA_G_STATE_16PX,
+    EasyDict,
+    NvidiaPickler,
+    nvidia_snapshot,
+    write_nvidia_pkl,
+)
 from tests.packs import tiny_generator
 
 
@@ -141,6 +147,16 @@ def test_not_a_network_pickle(G: Generator, tmp_path: Path) -> None:
     path.write_bytes(b"PK\x03\x04 this is a zip, not a pickle")
     with pytest.raises(ConvertError, match=r"not an NVIDIA StyleGAN2-ADA network pickle \(\.pkl\)"):
         convert(path)
+    with pytest.raises(
+        ConvertError, match=r"a torch\.save checkpoint .*did you mean `ials convert rosinality`"
+    ):
+        convert(path)
+    torch.save({"g_ema": {}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ConvertError, match=r"legacy format\); did you mean `ials convert rosinality`"):
+        convert(path)
+    path.write_bytes(b"")
+    with pytest.raises(ConvertError, match="empty file"):
+        convert(path)
     path.write_bytes(pickle.dumps({"G": 1, "D": 2}))
     with pytest.raises(ConvertError, match=r"expected a dict with a G_ema network, found \['D', 'G'\]"):
         convert(path)
@@ -184,3 +200,96 @@ def test_kwargs_of_tensorflow_converted_pickles(tmp_path: Path) -> None:
     assert_same(source, G2)
     assert G2.init_kwargs["synthesis_kwargs"]["num_fp16_res"] == 2
     assert G2.init_kwargs["synthesis_kwargs"]["conv_clamp"] == 256
+
+
+def test_names_and_shapes_are_nvidias(G: Generator, tmp_path: Path) -> None:
+    """Against NVIDIA's own state dict (frozen from training/networks.py), not only our Generator's."""
+    G2 = convert(write_nvidia_pkl(tmp_path / "net.pkl", nvidia_snapshot(G)))
+    ours = {key: tuple(t.shape) for key, t in G2.state_dict().items()}
+    assert ours == dict(NVIDIA_G_STATE_16PX)
+    assert len(NVIDIA_G_STATE_16PX) == len(dict(NVIDIA_G_STATE_16PX))
+
+
+def test_protocol_1_is_refused_with_the_protocols_read(G: Generator, tmp_path: Path) -> None:
+    path = write_nvidia_pkl(tmp_path / "net.pkl", nvidia_snapshot(G), protocol=1)
+    with pytest.raises(ConvertError, match=r"copy_?reg\._reconstructor.*protocols 2 to 5"):
+        convert(path)
+
+
+def _one_error(data: bytes) -> str:
+    """The ConvertError of `data` read as a network pickle (nothing else may escape)."""
+    with pytest.raises(ConvertError) as info:
+        load_nvidia_pkl(io.BytesIO(data))
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_corrupt_memo_index_allocates_nothing() -> None:
+    # LONG_BINPUT at memo index 2**32 - 1, as a flipped byte gives: the C unpickler would size its memo
+    # array by it (MemoryError, or gigabytes zero-filled); the pure-Python one keeps a dict.
+    assert "expected a dict with a G_ema network, found list" in _one_error(b"\x80\x02]r\xff\xff\xff\xff.")
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RecursionError("maximum recursion depth exceeded")])
+def test_any_read_failure_is_a_convert_error(error: Exception, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(f: object) -> None:
+        raise error
+
+    monkeypatch.setattr("models.convert.nvidia_pkl.restricted_load", fail)
+    assert f"not an NVIDIA StyleGAN2-ADA network pickle (.pkl): {type(error).__name__}" in _one_error(b"\x80")
+
+
+def test_interrupts_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(f: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("models.convert.nvidia_pkl.restricted_load", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        load_nvidia_pkl(io.BytesIO(b"\x80"))
+
+
+def test_unexpected_records_are_a_convert_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    meta = dict(type="class", version=6, module_src="", class_name="Generator", state={"_modules": [1]})
+    monkeypatch.setattr(
+        "models.convert.nvidia_pkl.restricted_load", lambda f: {"G_ema": PersistentObject(meta)}
+    )
+    assert "cannot rebuild G_ema: AttributeError" in _one_error(b"\x80")
+
+
+def test_deep_nesting_is_read_without_recursion() -> None:
+    # 100000 nested lists: no RecursionError, then refused as not a network pickle.
+    depth = 100_000
+    deep = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+    assert "expected a dict with a G_ema network, found list" in _one_error(deep)
+    nested = restricted_load(io.BytesIO(deep))
+    for _ in range(depth - 1):
+        nested = nested[0]
+    assert nested == []
+
+
+class _BuildOverRecord(NvidiaPickler):
+    """Appends a BUILD with `state` to the persistence record of `target`, after its checks have passed."""
+
+    def __init__(self, *args, target, state, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.target, self.state = target, state
+
+    def reducer_override(self, obj):
+        reduced = super().reducer_override(obj)
+        return (*reduced[:2], self.state) if obj is self.target else reduced
+
+
+def test_build_over_a_record_is_refused(G: Generator) -> None:
+    data, buffer = nvidia_snapshot(G), io.BytesIO()
+    _BuildOverRecord(buffer, 4, target=data["G_ema"], state={"module_src": 5}).dump(data)
+    assert "persistent object 'Generator' with instance state dict" in _one_error(buffer.getvalue())
+
+
+def test_huge_stride_0_tensor_is_refused_before_any_copy(G: Generator) -> None:
+    data = nvidia_snapshot(G)
+    huge = torch.zeros(1, dtype=torch.float64).expand(2**30, 2**30)  # 8 EiB as float64, one value stored
+    data["G_ema"].mapping.fc0._parameters["weight"] = nn.Parameter(huge, requires_grad=False)
+    buffer = io.BytesIO()
+    NvidiaPickler(buffer, 4).dump(data)
+    message = _one_error(buffer.getvalue())
+    assert "wrong shapes: mapping.fc0.weight: expected (32, 32), got (1073741824, 1073741824)" in message

@@ -229,6 +229,11 @@ def test_leftover_and_missing_tensors_fail(converted, tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match=r"blur kernel \[1, 3, 3, 1\]"):
         convert(write_rosinality(tmp_path / "blur.pt", blur, latent_avg=latent_avg))
 
+    # A stride-0 view claiming 2**60 values is refused by its size before any reshape copies it.
+    huge = {**state, "to_rgb1.bias": torch.zeros(1, dtype=torch.float64).expand(1, 2**30, 2**30, 1)}
+    with pytest.raises(ConvertError, match=r"'to_rgb1\.bias' has shape \(1, 1073741824, 1073741824, 1\)"):
+        convert(write_rosinality(tmp_path / "huge.pt", huge, latent_avg=latent_avg))
+
 
 class _Evil:
     def __init__(self, marker: Path) -> None:
