@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-measure the pack at --out (report.json, sheet.png) without rebuilding it",
     )
     parser.add_argument(
+        "--dt-primals",
+        nargs="+",
+        default=None,
+        metavar="ATTR",
+        help="with --measure-only: measure the DT comparison for these primal attributes only",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n if total else 1)
 
     if args.measure_only:
-        report = measure_demo_pack(out, config, on_progress=on_progress)
+        report = measure_demo_pack(out, config, dt_primals=args.dt_primals, on_progress=on_progress)
     else:
         report = build_demo_pack(out, config, overwrite=args.overwrite, on_progress=on_progress)
     for bar in bars.values():

@@ -74,43 +74,29 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from models.ials import EditAttribute, edit
+    from models.editing import check_edit_attributes, edit_with_pack, start_ws
     from models.images import to_uint8
-    from models.sampling import sample_ws, truncate
 
     device = pick_device(args.device)
     pack = load_pack_for_cli(args.pack, str(device))
     defaults = pack.defaults
     G = pack.generator
 
-    names = [args.primal, *args.conditions]
-    for name in names:
-        if name not in pack.attributes:
-            raise CliError(f"unknown attribute {name!r}; this pack has: {', '.join(sorted(pack.attributes))}")
-    if args.primal in args.conditions:
-        raise CliError(f"the primal attribute {args.primal!r} cannot also be a condition")
-    if len(set(args.conditions)) != len(args.conditions):
-        raise CliError("a condition is named twice")
     kind = args.directions or defaults["direction_kind"]
-    for name in names:
-        if kind not in pack.attributes[name].directions:
-            available = ", ".join(sorted(pack.attributes[name].directions))
-            raise CliError(f"attribute {name!r} has no {kind!r} direction in this pack (it has: {available})")
+    try:
+        check_edit_attributes(pack, args.primal, args.conditions, kind)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
 
     if args.seed is not None:
         psi = defaults["truncation_psi"] if args.psi is None else args.psi
-        ws = sample_ws(G, [args.seed], truncation_psi=psi, device=device)
+        ws = start_ws(pack, seed=args.seed, truncation_psi=psi)
     else:
         psi = args.psi
-        ws = torch.from_numpy(load_latent_file(args.latent, w_dim=G.w_dim, num_ws=G.num_ws)).to(device)
-        if ws.shape[0] != 1:
-            raise CliError(f"--latent must hold one face, got {ws.shape[0]}")
-        if psi is not None:
-            ws = truncate(ws, pack.w_avg, truncation_psi=psi)
-
-    def steer(name: str) -> EditAttribute:
-        attribute = pack.attributes[name]
-        return EditAttribute(name=name, classifier=attribute.steering, direction=attribute.directions[kind])
+        latent = torch.from_numpy(load_latent_file(args.latent, w_dim=G.w_dim, num_ws=G.num_ws))
+        if latent.shape[0] != 1:
+            raise CliError(f"--latent must hold one face, got {latent.shape[0]}")
+        ws = start_ws(pack, latent=latent, truncation_psi=psi)
 
     params: dict[str, Any] = {
         "pack": str(pack.path),
@@ -136,20 +122,18 @@ def run(args: argparse.Namespace) -> int:
         bar.update(i - bar.n)
 
     try:
-        result = edit(
-            G,
+        result = edit_with_pack(
+            pack,
             ws,
-            primal=steer(args.primal),
-            conditions=[steer(name) for name in args.conditions],
+            primal=args.primal,
+            conditions=args.conditions,
+            direction_kind=kind,
             steps=params["steps"],
             step=params["step"],
             lambda1=params["lambda1"],
             lambda2=params["lambda2"],
             target_score=args.target_score,
-            return_images=True,
-            synthesis_kwargs=pack.edit_synthesis_kwargs,
             on_step=on_step,
-            device=device,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -157,27 +141,13 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
 
-    assert result.images is not None
-    scores_finite = all(bool(torch.isfinite(scores).all()) for scores in result.scores.values())
-    if not (bool(torch.isfinite(result.ws).all()) and scores_finite):
-        raise CliError(
-            "the edit left the finite range (latents or scores are NaN or infinite); use a smaller --step"
-        )
-    images = result.images[0]  # [F, C, H, W]
-    params["stopped_at"] = int(result.stopped_at[0])
-    evaluators = {name: pack.attributes[name].evaluator for name in names}
-    with torch.no_grad():
-        evaluated = {
-            name: model.probability(images).cpu().tolist()
-            for name, model in evaluators.items()
-            if model is not None
-        }
+    params["stopped_at"] = result.stopped_at
     write_edit(
         Path(args.out),
-        pixels=to_uint8(images),
-        latents=result.ws[0].cpu().numpy(),
-        steering={name: scores[0].cpu().tolist() for name, scores in result.scores.items()},
-        evaluated=evaluated,
+        pixels=to_uint8(result.images),
+        latents=result.ws.cpu().numpy(),
+        steering=result.steering,
+        evaluated=result.evaluated,
         params=params,
         image_module=Image,
     )
@@ -195,6 +165,8 @@ def write_edit(
     image_module: Any,
 ) -> None:
     """Write `frames/frame_NNNN.png`, `strip.png`, `latents.npy`, `scores.json` and `edit.json`."""
+    from models.editing import scores_table
+
     frames_dir = out / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     pictures = [p.squeeze(-1) if p.shape[-1] == 1 else p for p in pixels]
@@ -203,15 +175,8 @@ def write_edit(
     image_module.fromarray(np.concatenate(pictures, axis=1)).save(out / "strip.png")
     with open(out / "latents.npy", "wb") as f:
         np.save(f, latents.astype(np.float32))
-    frames: list[dict[str, Any]] = [
-        {
-            "frame": idx,
-            "steering": {name: values[idx] for name, values in steering.items()},
-            "evaluator": {name: values[idx] for name, values in evaluated.items()},
-        }
-        for idx in range(len(pictures))
-    ]
-    scores = {"stopped_at": params["stopped_at"], "frames": frames}
+    scores = scores_table(steering, evaluated, params["stopped_at"])
+    frames = scores["frames"]
     (out / "scores.json").write_text(json.dumps(scores, indent=2, allow_nan=False))
     (out / "edit.json").write_text(json.dumps(params, indent=2, allow_nan=False))
     print(f"wrote {len(pictures)} frames, strip.png, latents.npy, scores.json to {out}")

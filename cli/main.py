@@ -11,10 +11,12 @@ from cli.common import CliError, fail
 
 # Subcommand name -> module holding `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("cli.serve", "Start the HTTP API."),
+    "serve": ("cli.serve", "Start the whole service: Redis (embedded unless configured), workers, the API."),
     "render": ("cli.render", "Render latents or seeds to PNG (or raw .npy) with a model pack."),
     "edit": ("cli.edit", "Run an IALS edit locally and write frames, latents and scores."),
     "convert": ("cli.convert", "Convert NVIDIA, rosinality or official IALS checkpoints into a model pack."),
+    "invert": ("cli.invert", "Align the largest face of a photo and invert it into the pack's w+."),
+    "worker": ("cli.worker", "Run edit jobs from Redis with the model pack loaded once (see `ials serve`)."),
     "build-demo-pack": ("cli.build_demo_pack", "Rebuild the embedded demo pack from nothing (about 30 min)."),
 }
 

@@ -27,7 +27,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,12 @@ class DemoPackConfig:
     step_grid: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3)
     step_faces: int = 100
     step_target: float = 0.9
-    # Measurements.
+    # Measurements (not recorded in the manifest: they do not change the pack).
     eval_faces: int = 2000
     flip_faces: int = 200
-    dt_faces: int = 200
+    # The DT comparison costs about 95 s of one CPU core per (primal, condition, sign) at 100 faces
+    # (the renderer's backward pass dominates): 40 of them take about an hour on 2 cores.
+    dt_faces: int = 100
     encoder_faces: int = 50
     sheet_faces: int = 32
 
@@ -400,6 +402,14 @@ def render_sheet(
     sheet.save(path, optimize=True)
 
 
+MEASUREMENT_FIELDS = ("eval_faces", "flip_faces", "dt_faces", "encoder_faces", "sheet_faces")
+
+
+def _build_fields(config: DemoPackConfig) -> dict[str, Any]:
+    """The config fields that decide the pack's files (the manifest records these)."""
+    return {key: value for key, value in asdict(config).items() if key not in MEASUREMENT_FIELDS}
+
+
 def _finite(value: Any) -> Any:
     """The report with NaN and infinities (a comparison without a shared range) as null: strict JSON."""
     if isinstance(value, float):
@@ -473,7 +483,7 @@ def build_demo_pack(
     }
     extra = {
         "world": G.describe_world(),
-        "build": {"command": "ials build-demo-pack", "config": asdict(config)},
+        "build": {"command": "ials build-demo-pack", "config": _build_fields(config)},
     }
 
     def save(step: float) -> ModelPack:
@@ -520,6 +530,7 @@ def measure_demo_pack(
     config: DemoPackConfig | None = None,
     *,
     build: Mapping[str, Any] | None = None,
+    dt_primals: Sequence[str] | None = None,
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Measure a built demo pack and write `report.json` and `sheet.png` next to its files.
@@ -529,8 +540,13 @@ def measure_demo_pack(
         config: The measurement settings (faces, psi, steps...); default: the config recorded in the
             pack's manifest (`extra.build.config`).
         build: What the build recorded (timings, losses, step selection); default: the `build`
-            section of an existing `report.json`, if any.
+            section of the `report.json` found in `out` when this measurement ends, if any.
+        dt_primals: Measure the DT comparison for these primal attributes only (a part for
+            `models.evaluation.merge_dt`); default all.
         on_progress: Called as `on_progress(stage, done, total)`.
+
+    With `flip_faces = 0` or `dt_faces = 0` that measurement is skipped and the section of an
+    existing `report.json` is kept (so the long DT comparison can run on its own).
 
     Returns:
         The report.
@@ -544,9 +560,6 @@ def measure_demo_pack(
             for key, value in pack.manifest["extra"]["build"]["config"].items()
         }
         config = DemoPackConfig(**recorded)
-    report_path = out / "report.json"
-    if build is None and report_path.is_file():
-        build = json.loads(report_path.read_text(encoding="utf-8")).get("build")
     timer = _Timer()
     step = float(pack.defaults["step"])
     statistics = timer.run("statistics", lambda: _statistics(pack, config))
@@ -563,10 +576,10 @@ def measure_demo_pack(
         pack, num=config.flip_faces, steps=config.steps, step=step, lambda1=config.lambda1,
         lambda2=config.lambda2, truncation_psi=config.truncation_psi, seed=config.seed + 110,
         on_done=flip_tick,
-    ))
+    )) if config.flip_faces > 0 else None
     progress("measure", 2, 4)
     dt_done = [0]
-    dt_total = 2 * len(ATTRIBUTES) * (len(ATTRIBUTES) - 1)
+    dt_total = 2 * len(dt_primals or ATTRIBUTES) * (len(ATTRIBUTES) - 1)
 
     def dt_tick(label: str) -> None:
         dt_done[0] += 1
@@ -574,7 +587,7 @@ def measure_demo_pack(
 
     dt = timer.run("dt", lambda: dt_comparison(
         pack, methods=METHODS, num=config.dt_faces, steps=config.steps, step=step,
-        truncation_psi=config.truncation_psi, seed=config.seed + 120, on_done=dt_tick,
+        truncation_psi=config.truncation_psi, seed=config.seed + 120, primals=dt_primals, on_done=dt_tick,
     )) if config.dt_faces > 0 else None
     progress("measure", 3, 4)
     encoder_quality = timer.run("encoder_quality", lambda: _encoder_quality(pack, config))
@@ -582,19 +595,26 @@ def measure_demo_pack(
     timer.run("sheet", lambda: render_sheet(pack, out / "sheet.png", config=config, conditions=conditions))
     progress("measure", 4, 4)
 
+    report_path = out / "report.json"
+    previous: dict[str, Any] = {}
+    if report_path.is_file():
+        previous = json.loads(report_path.read_text(encoding="utf-8"))
+    if build is None:
+        build = previous.get("build")
     report = {
         "pack": out.name,
         "defaults": pack.defaults,
         "build": dict(build) if build is not None else None,
-        "measure_config": asdict(config),
-        "measure_seconds": timer.seconds,
+        "measure_seconds": {**previous.get("measure_seconds", {}), **timer.seconds},
+        "measure_config": {key: getattr(config, key) for key in MEASUREMENT_FIELDS},
         "classifier_accuracy": accuracy,
         "statistics": statistics,
         "flip_rates": {
             "faces": config.flip_faces, "truncation_psi": config.truncation_psi, "steps": config.steps,
-            "step": step, "lambda1": config.lambda1, "rates": flips,
-        },
-        "dt": dt,
+            "step": step, "lambda1": config.lambda1, "lambda2": config.lambda2, "seed": config.seed + 110,
+            "rates": flips,
+        } if flips is not None else previous.get("flip_rates"),
+        "dt": dt if dt is not None else previous.get("dt"),
         "encoder": encoder_quality,
         "sheet": {"file": "sheet.png", "conditions": conditions},
         "pack_mb": round(sum(p.stat().st_size for p in out.rglob("*.safetensors")) / 1e6, 2),

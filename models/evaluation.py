@@ -29,6 +29,7 @@ __all__ = [
     "classify_frames",
     "dt_comparison",
     "flip_rates",
+    "merge_dt",
     "sample_source_faces",
 ]
 
@@ -277,10 +278,15 @@ def dt_comparison(
     truncation_psi: float,
     seed: int,
     attributes: Sequence[str] | None = None,
+    primals: Sequence[str] | None = None,
     batch_size: int = 200,
     on_done: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The disentanglement-transformation (DT) comparison of the paper's Table 1, per method.
+
+    `primals` restricts the primal attributes (conditions still range over all `attributes`), so that
+    the comparison can run in parts (in parallel processes) joined by `merge_dt`; a face set depends
+    only on the primal, its sign and `seed`, so the parts equal the whole.
 
     For every ordered pair (primal A, condition B) and both directions, `num` faces whose primal
     label starts on the other side are edited with B as condition, by every method, from the same
@@ -305,6 +311,8 @@ def dt_comparison(
         m.name: {lb: [] for lb in labellers} for m in methods
     }
     for a_index, (primal, sign) in enumerate(itertools.product(names, (1, -1))):
+        if primals is not None and primal not in primals:
+            continue
         gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + a_index)
         ws0 = sample_source_faces(
             G, label_fn=_labeller(pack, primal), want=sign < 0, num=num, truncation_psi=truncation_psi,
@@ -349,30 +357,52 @@ def dt_comparison(
                     per[method.name][labeller][-1]["matched_range"] = matched.score_b
             if on_done is not None:
                 on_done(f"{primal}{'+' if sign > 0 else '-'} | {condition}")
+    settings = {"faces": num, "steps": steps, "step": step, "truncation_psi": truncation_psi, "seed": seed}
+    return _summarize_dt(per, methods, settings)
+
+
+def merge_dt(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Join `dt_comparison` results of disjoint `primals` with equal settings into one."""
+    if not parts:
+        raise ValueError("Nothing to merge")
+    settings = parts[0]["settings"]
+    if any(part["settings"] != settings for part in parts):
+        raise ValueError("The parts were measured with different settings")
+    methods = [
+        EditMethod(name, entry["lambda1"], entry["lambda2"], entry["direction_kind"])
+        for name, entry in parts[0]["methods"].items()
+    ]
+    per: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for part in parts:
+        for method_name, labellers in part["pairs"].items():
+            for labeller, rows in labellers.items():
+                per.setdefault(method_name, {}).setdefault(labeller, []).extend(rows)
+    return _summarize_dt(per, methods, settings)
+
+
+def _summarize_dt(
+    per: Mapping[str, Mapping[str, list[dict[str, Any]]]],
+    methods: Sequence[EditMethod],
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for method in methods:
         summary[method.name] = {
             "lambda1": method.lambda1, "lambda2": method.lambda2, "direction_kind": method.direction_kind,
         }
-        for labeller, rows in per[method.name].items():
+        for labeller, rows in per.get(method.name, {}).items():
             if not rows:
                 continue
             entry: dict[str, Any] = {
                 "dt_auc": _mean(rows, "dt_auc"), "p": _mean(rows, "p"), "q": _mean(rows, "q"),
                 "worst_p": min(r["p"] for r in rows), "pairs": len(rows),
             }
-            if method is not methods[0]:
+            if method.name != methods[0].name:
                 entry["matched_range"] = _mean(rows, "matched_range")
-                reference_rows = per[methods[0].name][labeller]
+                reference_rows = per.get(methods[0].name, {}).get(labeller, [])
                 entry["ials_matched_range"] = _mean(reference_rows, f"matched_vs_{method.name}")
             summary[method.name][labeller] = entry
-    return {
-        "settings": {
-            "faces": num, "steps": steps, "step": step, "truncation_psi": truncation_psi, "seed": seed,
-        },
-        "methods": summary,
-        "pairs": per,
-    }
+    return {"settings": dict(settings), "methods": summary, "pairs": per}
 
 
 def _labeller(pack: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorPublic(BaseModel):
@@ -40,3 +42,150 @@ class ModelPublic(BaseModel):
     num_ws: int | None = None
     attributes: list[AttributePublic]
     defaults: EditDefaults
+
+
+# ----------------------------------------------------------------------------
+# Edits and jobs.
+
+ATTRIBUTE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+DIRECTION_KINDS = ("interfacegan", "averaged", "ganspace")
+EFFORTS = ("encoder", "fast", "balanced", "best")  # Presets of models.inversion.EFFORTS.
+MAX_SEED = 2**32 - 1
+MAX_CONDITIONS = 16
+
+DirectionKind = Literal["interfacegan", "averaged", "ganspace"]
+Effort = Literal["encoder", "fast", "balanced", "best"]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+AttributeName = Annotated[str, Field(pattern=ATTRIBUTE_PATTERN)]
+
+
+class EditParams(BaseModel):
+    """The edit, in the JSON body or as form fields. Unset values take the pack's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    primal: AttributeName = Field(description="The attribute to change.", examples=["young"])
+    conditions: list[AttributeName] = Field(
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        description="Attributes to keep while the primal changes.",
+        examples=[["eyeglasses"]],
+    )
+    direction: Literal["increase", "decrease"] = Field(
+        default="increase", description="Raise or lower the primal attribute."
+    )
+    steps: int | None = Field(default=None, ge=1, description="Number of steps n (n + 1 frames).")
+    step: FiniteFloat | None = Field(
+        default=None, gt=0, le=10, description="Step size k in W (paper: 0.1); `direction` sets its sign."
+    )
+    lambda1: FiniteFloat | None = Field(
+        default=None, ge=0, le=1, description="Weight of the primal's attribute-level direction (0.75)."
+    )
+    lambda2: FiniteFloat | None = Field(
+        default=None, ge=0, le=1, description="Weight of the conditions' attribute-level directions (0)."
+    )
+    directions: DirectionKind | None = Field(
+        default=None,
+        description="Attribute-level directions to build on. With lambda1 = lambda2 = 1 the edit is "
+        "exactly that baseline (conditional InterfaceGAN, ...).",
+    )
+    target_score: FiniteFloat | None = Field(
+        default=None, ge=0, le=1, description="Stop once the primal's probability crosses this."
+    )
+    truncation_psi: FiniteFloat | None = Field(
+        default=None, ge=-2, le=2, description="Truncation psi (seeds: the pack's default; latents: none)."
+    )
+    effort: Effort | None = Field(default=None, description="Inversion effort of a photo.")
+    source_job: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="A finished job whose input latent (or photo) this edit starts from.",
+    )
+
+
+class EditCreate(EditParams):
+    """A JSON edit request: the edit and exactly one of `seed`, `latent` and `source_job`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"seed": 7, "primal": "young", "conditions": ["eyeglasses"], "steps": 20},
+                {"source_job": "0123456789abcdef0123456789abcdef", "primal": "smiling"},
+            ]
+        },
+    )
+
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed of a generated face.")
+    latent: list[float] | list[list[float]] | list[list[list[float]]] | None = Field(
+        default=None,
+        description="A latent as nested lists: [w_dim], [1, w_dim], [num_ws, w_dim] or [1, num_ws, w_dim].",
+    )
+
+
+class SourceSpec(BaseModel):
+    """Where a job's start latent comes from, resolved by the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["seed", "latent", "image"]
+    seed: int | None = None
+    key: str | None = None  # Store key of the uploaded latent (.npy) or photo.
+    sha256: str | None = None  # Of the upload's bytes (the inversion cache key's first part).
+
+
+class EditJob(BaseModel):
+    """What a worker receives: an accepted edit, every default filled in (plain JSON values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SourceSpec
+    primal: str
+    conditions: list[str]
+    steps: int
+    step: float  # Signed: positive raises the primal attribute.
+    lambda1: float
+    lambda2: float
+    directions: str
+    target_score: float | None = None
+    truncation_psi: float | None = None
+    effort: str | None = None
+    source_job: str | None = None
+
+
+JobStatus = Literal["queued", "started", "finished", "failed", "canceled"]
+
+
+class JobCreated(BaseModel):
+    id: str = Field(examples=["0123456789abcdef0123456789abcdef"])
+    url: str = Field(examples=["/v1/jobs/0123456789abcdef0123456789abcdef"])
+    status: JobStatus = "queued"
+
+
+class JobProgress(BaseModel):
+    step: int
+    total: int
+
+
+class JobError(BaseModel):
+    code: str = Field(examples=["no_face_found"])
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    stage: Literal["queued", "align", "invert", "edit", "render", "done"] | None = None
+    progress: JobProgress | None = None
+    timings: dict[str, float | bool] = Field(
+        default_factory=dict,
+        description="Seconds per stage and in total; for photos `cached`: whether the alignment and "
+        "inversion came from the cache (same photo, pack and effort).",
+    )
+    request: dict[str, Any] | None = Field(default=None, description="The request as accepted.")
+    created_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    artifacts: dict[str, str] | None = Field(default=None, description="Artifact name -> URL, once finished.")
+    result: dict[str, Any] | None = Field(default=None, description="Scores summary, stop frame, inversion.")
+    error: JobError | None = None

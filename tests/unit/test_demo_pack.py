@@ -1,0 +1,170 @@
+"""The committed demo pack (packs/demo): integrity, rendering, a short edit that does what it says, and the
+measurement functions that wrote its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.evaluation import METHODS, EditMethod, attribute_statistics, dt_comparison, flip_rates
+from models.ials import EditAttribute, edit
+from models.networks.procedural import ATTRIBUTES, ProceduralGenerator
+from models.pack import ModelPack, load_pack, verify_pack
+from models.sampling import sample_ws
+from models.training import classifier_accuracy
+from service.config import DEFAULT_PACK_PATH
+
+DEMO = DEFAULT_PACK_PATH
+
+
+@pytest.fixture(scope="module")
+def pack() -> ModelPack:
+    return load_pack(DEMO, "cpu")
+
+
+def test_committed_pack_is_intact_and_small() -> None:
+    assert verify_pack(DEMO) == []
+    manifest = json.loads((DEMO / "manifest.json").read_text())
+    weights = sum((DEMO / rel).stat().st_size for rel in manifest["files"])
+    assert weights < 40e6
+    assert (DEMO / "report.json").is_file() and (DEMO / "sheet.png").is_file()
+
+
+def test_contents(pack: ModelPack) -> None:
+    assert isinstance(pack.generator, ProceduralGenerator)
+    assert set(pack.attributes) == set(ATTRIBUTES)
+    for attr in pack.attributes.values():
+        assert set(attr.directions) == {"interfacegan", "averaged", "ganspace"}
+        assert attr.evaluator is not None
+        assert attr.evaluator.arch != attr.steering.arch
+    assert pack.encoder is not None
+    assert pack.defaults["lambda1"] == 0.75 and pack.defaults["lambda2"] == 0.0
+    world = pack.manifest["extra"]["world"]
+    assert world["frequencies"]["eyeglasses"] < world["frequencies"]["young"]
+
+
+def test_render_a_seed(pack: ModelPack) -> None:
+    ws = sample_ws(pack.generator, seeds=[0, 1], truncation_psi=pack.defaults["truncation_psi"], device="cpu")
+    with torch.no_grad():
+        images = pack.generator.synthesis(ws, noise_mode="const")
+    assert images.shape == (2, 3, 64, 64)
+    assert images.min() >= -1 and images.max() <= 1
+    assert not torch.equal(images[0], images[1])
+    again = sample_ws(pack.generator, seeds=[0], truncation_psi=pack.defaults["truncation_psi"], device="cpu")
+    assert torch.equal(again[0], ws[0])
+
+
+@pytest.mark.parametrize("primal, condition, sign", [("smiling", "male", 1), ("young", "eyeglasses", -1)])
+def test_five_step_edit_moves_the_primal_and_keeps_the_condition(
+    pack: ModelPack, primal: str, condition: str, sign: int
+) -> None:
+    G = pack.generator
+    ws = sample_ws(G, seeds=range(8), truncation_psi=pack.defaults["truncation_psi"], device="cpu")
+    kind = pack.defaults["direction_kind"]
+
+    def attribute(name: str) -> EditAttribute:
+        return EditAttribute(name, pack.attributes[name].steering, pack.attributes[name].directions[kind])
+
+    result = edit(
+        G, ws, primal=attribute(primal), conditions=[attribute(condition)], steps=5,
+        step=sign * pack.defaults["step"], lambda1=pack.defaults["lambda1"], lambda2=pack.defaults["lambda2"],
+        device="cpu",
+    )
+    start, end = G.attribute_logits(result.ws[:, 0]), G.attribute_logits(result.ws[:, -1])
+    moved = sign * (end[primal] - start[primal])
+    assert (moved > 0).all(), moved
+    assert ((end[condition] > 0) == (start[condition] > 0)).all()
+    # The steering classifier agrees on the direction of travel.
+    assert (sign * (result.scores[primal][:, -1] - result.scores[primal][:, 0]) > 0).float().mean() >= 0.75
+
+
+def test_flip_rates_and_dt_comparison_on_few_faces(pack: ModelPack) -> None:
+    rates = flip_rates(
+        pack, num=6, steps=8, step=pack.defaults["step"], lambda1=0.75, lambda2=0.0, truncation_psi=0.7,
+        seed=1, attributes=["smiling"], direction_kinds=["interfacegan"],
+    )
+    assert set(rates) == {"smiling"} and set(rates["smiling"]["interfacegan"]) == {"+", "-"}
+    assert all(0.0 <= r <= 1.0 for r in rates["smiling"]["interfacegan"].values())
+
+    methods = [METHODS[0], METHODS[1], EditMethod("GANSpace", 1.0, 1.0, "ganspace")]
+    report = dt_comparison(
+        pack, methods=methods, num=4, steps=3, step=pack.defaults["step"], truncation_psi=0.7, seed=2,
+        attributes=["smiling", "male"],
+    )
+    for method in methods:
+        for labeller in ("ground_truth", "evaluators"):
+            entry = report["methods"][method.name][labeller]
+            assert entry["pairs"] == 4  # 2 ordered pairs x 2 directions
+            assert 0 <= entry["p"] <= 1 and 0 <= entry["q"] <= 1
+    assert "matched_range" in report["methods"][methods[1].name]["ground_truth"]
+    json.dumps(report)
+
+
+def test_attribute_statistics() -> None:
+    labels = {
+        "a": torch.tensor([True, True, False, False]),
+        "b": torch.tensor([True, True, False, False]),
+        "c": torch.tensor([False, False, True, True]),
+    }
+    stats = attribute_statistics(labels)
+    assert stats["frequency"] == {"a": 0.5, "b": 0.5, "c": 0.5}
+    assert stats["phi"]["a"]["b"] == pytest.approx(1.0)
+    assert stats["phi"]["a"]["c"] == pytest.approx(-1.0)
+
+
+def test_report_meets_the_bars() -> None:
+    """The committed report: steering classifiers >= 97 % accurate and >= 97 % in agreement with the
+    ground truth, attribute frequencies within 3 points of the bias table."""
+    report = json.loads((DEMO / "report.json").read_text())
+    for name, roles in report["classifier_accuracy"].items():
+        assert roles["steering"] >= 0.97, name
+    assert min(report["statistics"]["steering_agreement"].values()) >= 0.97
+    for name, row in report["statistics"]["frequency"].items():
+        assert abs(row["measured"] - row["target"]) <= 0.03, name
+
+
+# Known gaps of the committed pack (issue 4 stays open until they pass): the ResNet-50 evaluators reach
+# 93-99 %, and the measured phi of young|eyeglasses is -0.35 against the table's -0.30.
+
+
+@pytest.mark.xfail(strict=True, reason="evaluators of smiling, young, male are below 97 % (93.1-95.9 %)")
+def test_report_evaluators_meet_the_bar() -> None:
+    report = json.loads((DEMO / "report.json").read_text())
+    for name, roles in report["classifier_accuracy"].items():
+        assert roles["evaluator"] >= 0.97, name
+
+
+@pytest.mark.xfail(strict=True, reason="phi(young, eyeglasses) is 0.05 off the bias table")
+def test_report_correlations_within_three_points() -> None:
+    report = json.loads((DEMO / "report.json").read_text())
+    assert report["statistics"]["max_abs_deviation"] <= 0.03
+
+
+@pytest.mark.slow
+def test_steering_accuracies_remeasured(pack: ModelPack) -> None:
+    """Every steering classifier is >= 97 % accurate on 2,000 fresh faces (psi = 1)."""
+    _check_accuracies(pack, "steering")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="evaluators of smiling, young, male are below 97 % (93.1-95.9 %)")
+def test_evaluator_accuracies_remeasured(pack: ModelPack) -> None:
+    """Every evaluator classifier is >= 97 % accurate on 2,000 fresh faces (psi = 1)."""
+    _check_accuracies(pack, "evaluator")
+
+
+def _check_accuracies(pack: ModelPack, role: str) -> None:
+    for i, name in enumerate(ATTRIBUTES):
+        classifier = getattr(pack.attributes[name], role)
+        accuracy = classifier_accuracy(
+            classifier, pack.generator, name, n=2000, truncation_psi=1.0,
+            generator=torch.Generator().manual_seed(1234 + i), device="cpu",
+        )
+        assert accuracy >= 0.97, (name, role, accuracy)
+
+
+def test_demo_path_is_the_default() -> None:
+    assert Path(DEMO).name == "demo"
