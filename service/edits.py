@@ -102,7 +102,7 @@ def accept_edit(settings: Settings, request: EditCreate, uploads: Uploads) -> Jo
 
     connection = redis_client(settings)
     queue = edit_queue(connection, settings)
-    if queue.count >= settings.max_queued_jobs:
+    if queue.count > settings.max_queued_jobs:  # Refused only once the queue holds more than N.
         raise ApiError(
             429,
             "queue_full",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class ErrorPublic(BaseModel):
@@ -56,6 +57,31 @@ MAX_CONDITIONS = 16
 DirectionKind = Literal["interfacegan", "averaged", "ganspace"]
 Effort = Literal["encoder", "fast", "balanced", "best"]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """Refuse JSON `true`/`false`, which pydantic would otherwise take as the integers 1 and 0."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float, at any depth, replaced by None.
+
+    Strict JSON (the API's responses) has no NaN or Infinity; a metric such as PSNR can be infinite.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
+    return value
+
+
+# An integer, never a boolean (form fields still arrive as digit strings, so not pydantic's strict mode).
+StrictInt = Annotated[int, BeforeValidator(_not_a_bool)]
 AttributeName = Annotated[str, Field(pattern=ATTRIBUTE_PATTERN)]
 
 
@@ -74,7 +100,7 @@ class EditParams(BaseModel):
     direction: Literal["increase", "decrease"] = Field(
         default="increase", description="Raise or lower the primal attribute."
     )
-    steps: int | None = Field(default=None, ge=1, description="Number of steps n (n + 1 frames).")
+    steps: StrictInt | None = Field(default=None, ge=1, description="Number of steps n (n + 1 frames).")
     step: FiniteFloat | None = Field(
         default=None, gt=0, le=10, description="Step size k in W (paper: 0.1); `direction` sets its sign."
     )
@@ -116,7 +142,7 @@ class EditCreate(EditParams):
         },
     )
 
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed of a generated face.")
+    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed of a generated face.")
     latent: list[float] | list[list[float]] | list[list[list[float]]] | None = Field(
         default=None,
         description="A latent as nested lists: [w_dim], [1, w_dim], [num_ws, w_dim] or [1, num_ws, w_dim].",

@@ -20,6 +20,7 @@ PHOTO_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 # Formats recognised only to be refused with 415; no other PIL plugin ever parses an upload.
 SNIFFED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_LATENT_VALUES = 2**20  # A single latent is at most num_ws * w_dim values (18 * 512 for FFHQ).
+MAX_LATENT_ABS = 1e4  # Largest |value| accepted in a latent; real ones lie within a few tens of zero.
 
 
 def check_photo(data: bytes, *, max_pixels: int) -> str:
@@ -97,7 +98,8 @@ def check_latent(values: Any, *, w_dim: int, num_ws: int) -> np.ndarray:
     Accepted shapes: `[w_dim]`, `[1, w_dim]`, `[num_ws, w_dim]` and `[1, num_ws, w_dim]`.
 
     Raises:
-        ApiError: 422 `invalid_latent_shape` or `invalid_latent_values` (NaN or infinite).
+        ApiError: 422 `invalid_latent_shape` or `invalid_latent_values` (NaN, infinite, or with
+            |value| > `MAX_LATENT_ABS`).
     """
     try:
         array = np.asarray(values, dtype=np.float32)
@@ -118,6 +120,13 @@ def check_latent(values: Any, *, w_dim: int, num_ws: int) -> np.ndarray:
         )
     if not np.isfinite(array).all():
         raise ApiError(422, "invalid_latent_values", "the latent holds NaN or infinite values")
+    if (np.abs(array) > MAX_LATENT_ABS).any():
+        raise ApiError(
+            422,
+            "invalid_latent_values",
+            f"the latent holds values beyond ±{MAX_LATENT_ABS:g}: "
+            f"every |value| must be at most {MAX_LATENT_ABS:g}",
+        )
     return array
 
 

@@ -13,13 +13,44 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now
+from rq.worker import WorkerStatus
 
 from service.config import Settings
-from service.queue import WORKER_PACK_KEY, edit_queue
+from service.queue import EDIT_TASK, WORKER_PACK_KEY, edit_queue
 from worker.context import WorkerContext, build_context, set_context
 
 log = logging.getLogger(__name__)
+
+
+def job_refusal(job: Job) -> str | None:
+    """Why the worker must not run `job`, or None for a well-formed edit job.
+
+    rq imports whatever dotted path a job names (`job.func`) and its callbacks, and anyone who can
+    write to Redis can enqueue such a job. Only the raw, JSON-decoded fields are read here, so nothing
+    is imported: a job must be `EDIT_TASK(request: dict)` with no instance, kwargs, callbacks,
+    dependencies or webhooks.
+    """
+    try:
+        func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except Exception as exc:  # DeserializationError, or data that is not a 4-tuple.
+        return f"undecodable job data ({type(exc).__name__})"
+    if func_name != EDIT_TASK:
+        return f"job function {str(func_name)[:200]!r} is not {EDIT_TASK}"
+    if instance is not None or kwargs or not isinstance(args, list | tuple) or len(args) != 1:
+        return f"{EDIT_TASK} takes exactly one positional argument and nothing else"
+    if not isinstance(args[0], dict):
+        return f"the argument of {EDIT_TASK} must be a JSON object"
+    callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
+    if any(name is not None for name in callbacks):
+        return "jobs with callbacks are not run"
+    if job._dependency_ids:
+        return "jobs with dependencies are not run"
+    if getattr(job, "webhooks", None):
+        return "jobs with webhooks are not run"
+    return None
 
 
 class PackWorker(SimpleWorker):
@@ -54,9 +85,33 @@ class PackWorker(SimpleWorker):
         if removed:
             log.info("expired %d stored artifacts in %.2f s", removed, time.perf_counter() - started)
 
-    def execute_job(self, job: Any, queue: Queue) -> None:
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        refusal = job_refusal(job)
+        if refusal is not None:
+            self._refuse_job(job, queue, refusal)
+            return
         set_context(self.context)
         super().execute_job(job, queue)
+
+    def _refuse_job(self, job: Job, queue: Queue, reason: str) -> None:
+        """Mark `job` failed with code `forbidden_job`, without running or importing anything it names."""
+        log.warning("refused job %s: %s", job.id, reason)
+        job.webhooks = []  # Sent on failure otherwise.
+        job.retries_left = 0
+        job.meta["error"] = {"code": "forbidden_job", "message": reason}
+        job.save_meta()  # type: ignore[no-untyped-call]
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        job.started_at = job.ended_at = now()
+        job._status = JobStatus.FAILED
+        self.handle_job_failure(
+            job,
+            queue,
+            started_job_registry=queue.started_job_registry,
+            exc_string=f"forbidden_job: {reason}",
+            execution=execution,
+        )
+        self.set_state(WorkerStatus.IDLE)
 
 
 def make_worker(

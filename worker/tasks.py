@@ -23,7 +23,7 @@ from models.editing import edit_with_pack, scores_table, start_ws
 from models.images import from_uint8, to_uint8
 from models.inversion import invert_with_pack
 from service.queue import CANCEL_KEY
-from service.schemas import EditJob, SourceSpec
+from service.schemas import EditJob, SourceSpec, finite_json
 from worker.artifacts import npy_bytes, write_edit_artifacts
 from worker.context import WorkerContext, get_context
 from worker.errors import JobCanceled, JobFailure, error_of
@@ -96,7 +96,8 @@ def run_edit(request: dict[str, Any]) -> dict[str, Any]:
     """Run one accepted edit (`service.schemas.EditJob` as JSON) and write its artifacts.
 
     Returns:
-        `{"artifacts": [names], "timings", "input_latent", "stopped_at", "scores", ...}`.
+        `{"artifacts": [names], "timings", "input_latent", "stopped_at", "scores", ...}`, with any
+        non-finite float (an infinite PSNR, say) as None so that the result stays strict JSON.
 
     Raises:
         Exception: Any error, after storing its code in `job.meta["error"]`.
@@ -106,7 +107,8 @@ def run_edit(request: dict[str, Any]) -> dict[str, Any]:
     try:
         accepted = EditJob.model_validate(request)
         job_id = job.id if job is not None else hashlib.sha256(repr(request).encode()).hexdigest()[:32]
-        return _run_edit(get_context(), accepted, job_id, reporter)
+        result: dict[str, Any] = finite_json(_run_edit(get_context(), accepted, job_id, reporter))
+        return result
     except Exception as exc:
         code, message = error_of(exc)
         log.warning("job %s failed: %s: %s", getattr(job, "id", None), code, message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
+from rq import Callback, Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from service.config import Settings
 from service.main import create_app
-from service.queue import CANCEL_KEY
+from service.queue import CANCEL_KEY, edit_queue
 from tests.integration.conftest import RunWorker
 from tests.service import helpers
 
@@ -225,9 +229,11 @@ def test_cancel_queued_and_running_jobs(
     assert body["status"] == "canceled" and body["error"]["code"] == "canceled"
 
 
-def test_queue_full_is_429_with_retry_after(client: TestClient, settings: Settings) -> None:
-    for _ in range(settings.max_queued_jobs):
+def test_queue_full_is_429_with_retry_after(client: TestClient, settings: Settings, redis: Redis) -> None:
+    # A queue holding exactly N jobs still accepts one; one holding more than N refuses.
+    for _ in range(settings.max_queued_jobs + 1):
         post(client, json={"seed": 1, "primal": "smiling", "steps": 2})
+    assert edit_queue(redis, settings).count == settings.max_queued_jobs + 1
     response = client.post("/v1/edits", json={"seed": 1, "primal": "smiling", "steps": 2})
     assert (response.status_code, response.json()["code"]) == (429, "queue_full")
     assert response.headers["retry-after"] == str(settings.retry_after_s)
@@ -294,3 +300,65 @@ def test_worker_keeps_serving_after_every_bad_input(
     good = post(client, json={"seed": 5, "primal": "smiling", "steps": 2})
     run_worker(settings)
     assert job(client, good)["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    "enqueue",
+    [
+        pytest.param(
+            lambda q, target: q.enqueue_call("os.makedirs", args=[str(target)]), id="other-function"
+        ),
+        pytest.param(
+            lambda q, target: q.enqueue_call("worker.tasks.run_edit", args=[{}], kwargs={"exist_ok": True}),
+            id="kwargs",
+        ),
+        pytest.param(
+            lambda q, target: q.enqueue_call(
+                "worker.tasks.run_edit", args=[{}], on_failure=Callback("os.makedirs")
+            ),
+            id="callback",
+        ),
+    ],
+)
+def test_worker_refuses_jobs_that_are_not_edits(
+    client: TestClient,
+    settings: Settings,
+    redis: Redis,
+    run_worker: RunWorker,
+    tmp_path: Path,
+    enqueue: Callable[[Queue, Path], Job],
+) -> None:
+    target = tmp_path / "pwned"
+    refused = enqueue(edit_queue(redis, settings), target)
+    good = post(client, json={"seed": 5, "primal": "smiling", "steps": 2})
+    run_worker(settings)
+
+    assert not target.exists()
+    refused = Job.fetch(refused.id, connection=redis, serializer=JSONSerializer)
+    assert refused.get_status() == JobStatus.FAILED
+    assert refused.meta["error"]["code"] == "forbidden_job"
+    assert job(client, good)["status"] == "finished"
+
+
+def test_non_finite_result_values_read_as_null(client: TestClient, settings: Settings, redis: Redis) -> None:
+    from rq.results import Result
+
+    from service.schemas import finite_json
+
+    assert finite_json({"a": [1.0, float("inf")], "b": (float("nan"),), "c": "x"}) == {
+        "a": [1.0, None],
+        "b": [None],
+        "c": "x",
+    }
+    # A finished job whose stored result and meta hold Infinity and NaN (as `json.dumps` writes them).
+    job_id = post(client, json={"seed": 5, "primal": "smiling", "steps": 2})
+    stored = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    stored.meta["timings"] = {"edit": 0.5, "render": float("nan")}
+    stored.save_meta()
+    result = {"artifacts": [], "inversion": {"psnr": float("inf")}, "stopped_at": 2}
+    Result.create(stored, Result.Type.SUCCESSFUL, ttl=60, return_value=result)
+    stored.set_status(JobStatus.FINISHED)
+
+    body = job(client, job_id)
+    assert body["status"] == "finished"
+    assert body["result"]["inversion"] == {"psnr": None} and body["timings"] == {"edit": 0.5}

@@ -111,6 +111,8 @@ async def _read_json(request: Request) -> EditCreate:
         fields = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body's JSON is nested too deeply") from None
     if not isinstance(fields, dict):
         raise ApiError(422, "invalid_request", "the JSON body must be an object")
     return _validate(fields)

@@ -15,7 +15,7 @@ from rq.job import Job
 from service.deps import SettingsDep
 from service.errors import ApiError
 from service.queue import cancel_job, fetch_job, job_status, redis_client
-from service.schemas import ErrorPublic, JobError, JobProgress, JobPublic
+from service.schemas import ErrorPublic, JobError, JobProgress, JobPublic, finite_json
 from service.store import open_store
 
 router = APIRouter(tags=["jobs"])
@@ -27,7 +27,7 @@ _MEDIA_TYPES = {".npy": "application/octet-stream", ".webp": "image/webp"}
 
 def job_public(job: Job) -> JobPublic:
     """The public view of an RQ job."""
-    meta = job.meta
+    meta = finite_json(job.meta)  # Responses are strict JSON: no NaN or Infinity, whoever wrote them.
     status = job_status(job)
     progress = meta.get("progress")
     error = meta.get("error")
@@ -35,19 +35,22 @@ def job_public(job: Job) -> JobPublic:
         error = {"code": "job_failed", "message": "the job failed without a recorded error"}
     artifacts = result = None
     if status == "finished":
-        value = job.return_value() or {}
+        value = finite_json(job.return_value() or {})
         names = value.get("artifacts", [])
         artifacts = {name: f"/v1/jobs/{job.id}/artifacts/{name}" for name in names}
         result = {k: v for k, v in value.items() if k not in ("artifacts", "timings")}
     args = job.args
+    timings = meta.get("timings") or {}
+    if isinstance(timings, dict):
+        timings = {name: seconds for name, seconds in timings.items() if seconds is not None}
     try:
         return JobPublic(
             id=job.id,
             status=status,  # type: ignore[arg-type]
             stage=meta.get("stage"),
             progress=JobProgress.model_validate(progress) if isinstance(progress, dict) else None,
-            timings=meta.get("timings") or {},
-            request=args[0] if args and isinstance(args[0], dict) else None,
+            timings=timings,
+            request=finite_json(args[0]) if args and isinstance(args[0], dict) else None,
             created_at=_iso(job.created_at),
             started_at=_iso(job.started_at),
             ended_at=_iso(job.ended_at),
