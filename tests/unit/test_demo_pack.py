@@ -168,3 +168,19 @@ def _check_accuracies(pack: ModelPack, role: str) -> None:
 
 def test_demo_path_is_the_default() -> None:
     assert Path(DEMO).name == "demo"
+
+
+@pytest.mark.slow  # About 12 s on 2 loaded cores; tests/unit/test_inversion.py covers the same world fast.
+def test_batch_inversion_on_the_demo_pack_improves_on_the_encoder(pack: ModelPack) -> None:
+    from models.inversion import invert_with_pack
+
+    psi = pack.defaults["truncation_psi"]
+    ws = sample_ws(pack.generator, seeds=[11, 12], truncation_psi=psi, device="cpu")
+    with torch.no_grad():
+        images = pack.generator.synthesis(ws, noise_mode="const")
+    start = invert_with_pack(pack, images, effort="encoder")
+    result = invert_with_pack(pack, images, effort="balanced")
+    assert result.ws.shape == ws.shape
+    assert (start.psnr > 28).all()  # The encoder alone lands close.
+    assert (result.psnr > start.psnr + 1).all()  # The optimisation improves every image of the batch.
+    assert min(result.losses["total"]) < 0.5 * result.losses["total"][0]
