@@ -6,7 +6,8 @@ import argparse
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -157,3 +158,24 @@ def fail(message: str) -> int:
     """Print a one-line error to stderr and return the exit status of a usage error."""
     sys.stderr.write(f"ials: error: {message}\n")
     return 2
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str = "step") -> Iterator[Callable[[int, int], None]]:
+    """An `on_step(i, n)` callback that drives a tqdm bar on stderr, created at the first call (when `n`
+    is known) and closed when the block ends."""
+    from tqdm import tqdm
+
+    bar: tqdm[None] | None = None
+
+    def on_step(i: int, n: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=n, desc=desc, unit=unit)
+        bar.update(i - bar.n)
+
+    try:
+        yield on_step
+    finally:
+        if bar is not None:
+            bar.close()

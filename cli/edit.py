@@ -15,6 +15,7 @@ from cli.common import (
     load_latent_file,
     load_pack_for_cli,
     pick_device,
+    progress_bar,
     psi_arg,
     seed_arg,
     step_arg,
@@ -72,7 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
-    from tqdm import tqdm
 
     from models.editing import check_edit_attributes, edit_with_pack, start_ws
     from models.images import to_uint8
@@ -113,33 +113,23 @@ def run(args: argparse.Namespace) -> int:
         "directions": kind,
         "target_score": args.target_score,
     }
-    bar: tqdm[Any] | None = None
-
-    def on_step(i: int, n: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=n, desc="edit", unit="step")
-        bar.update(i - bar.n)
-
     try:
-        result = edit_with_pack(
-            pack,
-            ws,
-            primal=args.primal,
-            conditions=args.conditions,
-            direction_kind=kind,
-            steps=params["steps"],
-            step=params["step"],
-            lambda1=params["lambda1"],
-            lambda2=params["lambda2"],
-            target_score=args.target_score,
-            on_step=on_step,
-        )
+        with progress_bar("edit") as on_step:
+            result = edit_with_pack(
+                pack,
+                ws,
+                primal=args.primal,
+                conditions=args.conditions,
+                direction_kind=kind,
+                steps=params["steps"],
+                step=params["step"],
+                lambda1=params["lambda1"],
+                lambda2=params["lambda2"],
+                target_score=args.target_score,
+                on_step=on_step,
+            )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    finally:
-        if bar is not None:
-            bar.close()
 
     params["stopped_at"] = result.stopped_at
     write_edit(

@@ -6,11 +6,10 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cli.common import CliError, load_pack_for_cli, pick_device
+from cli.common import CliError, load_pack_for_cli, pick_device, progress_bar
 
 EFFORT_NAMES = ("encoder", "fast", "balanced", "best")  # models.inversion.EFFORTS, without importing torch.
 
@@ -37,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
-    from tqdm import tqdm
 
     from models.align import (
         ImageDecodeError,
@@ -88,15 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Invert.
     tic = time.perf_counter()
-    bar: tqdm[Any] | None = None
-
-    def on_step(i: int, n: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=n, desc="invert", unit="step")
-        bar.update(i - bar.n)
-
-    try:
+    with progress_bar("invert") as on_step:
         result = invert_with_pack(
             pack,
             from_uint8(aligned.image, device=device),
@@ -104,9 +94,6 @@ def run(args: argparse.Namespace) -> int:
             perceptual=perceptual,
             on_step=on_step,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     timings["invert"] = time.perf_counter() - tic
 
     # Write.
