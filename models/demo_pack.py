@@ -4,8 +4,10 @@ encoder, with a measured report and a picture sheet.
 `build_demo_pack(out, config)` runs these stages, each deterministic from `config.seed`:
 
 1. generator    the procedural world (`models.networks.procedural.ProceduralGenerator`), no training;
-2. steering     one ResNet-18 per attribute, trained together on shared fresh renders (ground-truth labels);
-3. evaluators   one ResNet-50 per attribute: another architecture, seed, psi range and image stream;
+2. steering     one ResNet-18 per attribute, trained together on shared fresh renders, on graded
+                ground-truth targets `sigmoid(s * true logit)` (see `train_classifiers`);
+3. evaluators   one ResNet-34 per attribute: another architecture, initialisation, psi range and image
+                stream, hard ground-truth labels;
 4. directions   InterfaceGAN (linear SVM on `w` labelled by the steering classifiers), averaged
                 instance-specific (section 3.2), GANSpace (PCA of `w`, components matched to the
                 steering scores);
@@ -13,18 +15,25 @@ encoder, with a measured report and a picture sheet.
 6. step         the default step size: the smallest of `config.step_grid` at which a 20-step IALS edit
                 flips the ground-truth label of every attribute, both ways, on >= `step_target` of faces;
 7. save         `models.pack.save_pack`, then the pack is reloaded through `load_pack` (hashes checked);
-8. measure      classifier accuracy, attribute statistics against the bias table, flip rates of every
-                direction kind, the DT comparison of the paper's Table 1 (ground truth and evaluators),
-                the encoder's reconstruction PSNR;
+8. measure      classifier accuracy, attribute statistics against the bias table (2,000 faces, and
+                the population of 400,000 labels), flip rates of every direction kind, the DT
+                comparison of the paper's Table 1 (ground truth and evaluators), the encoder's PSNR;
 9. report       `report.json` and `sheet.png` (sampled faces and one edit strip per attribute) in `out`.
+
+Stages 2-6 and the flip rates and DT comparison run as jobs on worker processes (`jobs`, one torch
+thread each): the encoder; the steering classifiers, then directions and step; each evaluator; each
+attribute's flip rates; each (primal, condition) pair of the DT comparison. Every job seeds its own
+randomness, so the pack and the report do not depend on how many processes run them.
 
 Progress is reported through `on_progress(stage, done, total)` only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.evaluation import METHODS, attribute_statistics, dt_comparison, flip_rates
-from models.ials import EditAttribute, edit
+from models.evaluation import METHODS, attribute_statistics, dt_comparison, flip_rates, merge_dt
+from models.ials import EditAttribute, edit, instance_specific_direction
 from models.networks.classifier import AttributeClassifier
 from models.networks.encoder import LatentEncoder
 from models.networks.procedural import ATTRIBUTES, BIAS_TABLE, ProceduralGenerator
@@ -75,10 +84,14 @@ class DemoPackConfig:
     steering_width: int = 16
     steering_steps: int = 1500
     steering_psi: tuple[float, float] = (0.7, 1.4)
-    evaluator_arch: str = "resnet50"
-    evaluator_width: int = 8
+    # Graded targets sigmoid(s * true logit): the margin keeps growing with the attribute, so the
+    # latent gradient that IALS steers by points where the attribute grows (None = hard labels).
+    steering_label_sharpness: float | None = 3.0
+    evaluator_arch: str = "resnet34"
+    evaluator_width: int = 12
     evaluator_steps: int = 1500
     evaluator_psi: tuple[float, float] = (0.6, 1.5)
+    evaluator_label_sharpness: float | None = None
     # Attribute-level directions.
     svm_samples: int = 10_000
     svm_c: float = 0.01
@@ -101,9 +114,9 @@ class DemoPackConfig:
     # Measurements (not recorded in the manifest: they do not change the pack).
     eval_faces: int = 2000
     flip_faces: int = 200
-    # The DT comparison costs about 95 s of one CPU core per (primal, condition, sign) at 100 faces
+    # The DT comparison costs about 190 s of one CPU core per (primal, condition, sign) at 200 faces
     # (the renderer's backward pass dominates): 40 of them take about an hour on 2 cores.
-    dt_faces: int = 100
+    dt_faces: int = 200
     encoder_faces: int = 50
     sheet_faces: int = 32
 
@@ -140,12 +153,12 @@ def _train(
     steps: int,
     psi: tuple[float, float],
     seed: int,
-    stage: str,
-    on_progress: ProgressFn,
+    label_sharpness: float | None,
+    progress: Callable[[int, int], None],
 ) -> dict[str, list[float]]:
     result = train_classifiers(
         classifiers, G, steps=steps, batch_size=config.batch_size, lr=config.lr, truncation_psi=psi,
-        generator=_seeded(seed), device="cpu", on_step=lambda i, n: on_progress(stage, i, n),
+        generator=_seeded(seed), device="cpu", label_sharpness=label_sharpness, on_step=progress,
     )
     for classifier in classifiers.values():
         classifier.requires_grad_(False)
@@ -203,32 +216,53 @@ def _directions(
     return directions, info
 
 
-def _ground_truth_direction(G: ProceduralGenerator, ws: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Unit mean of the per-face unit ground-truth logit gradients (w.r.t. one offset of all rows)."""
+def _ground_truth_gradients(G: ProceduralGenerator, ws: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-face unit gradients `[N, w_dim]` of the true logits (w.r.t. one offset of all rows)."""
     offset = torch.zeros([ws.shape[0], G.w_dim], requires_grad=True)
     with torch.enable_grad():
         logits = G.attribute_logits(ws + offset.unsqueeze(1))
         result = {}
         for name in ATTRIBUTES:
             (grad,) = torch.autograd.grad(logits[name].sum(), offset, retain_graph=True)
-            mean = torch.nn.functional.normalize(grad, dim=1).mean(0)
-            result[name] = mean / mean.norm()
+            result[name] = torch.nn.functional.normalize(grad, dim=1)
     return result
 
 
-def _train_encoder(G: ProceduralGenerator, config: DemoPackConfig, on_progress: ProgressFn) -> LatentEncoder:
-    from models.inversion import train_encoder
+def _ground_truth_direction(G: ProceduralGenerator, ws: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Unit mean of the per-face unit ground-truth logit gradients (w.r.t. one offset of all rows)."""
+    result = {}
+    for name, grads in _ground_truth_gradients(G, ws).items():
+        mean = grads.mean(0)
+        result[name] = mean / mean.norm()
+    return result
 
+
+def _gradient_alignment(pack: ModelPack, config: DemoPackConfig) -> dict[str, Any]:
+    """How well each classifier's instance-specific direction `d_X(w)` (what IALS steers by) points
+    where the attribute truly grows: its cosine with the true logit's gradient, per face, at the
+    editing psi. Mean and median over `ALIGNMENT_FACES` faces."""
+    G = pack.generator
+    ws = sample_training_ws(G, n=ALIGNMENT_FACES, truncation_psi=config.truncation_psi,
+                            generator=_seeded(config.seed + 75), device="cpu")
+    truth = _ground_truth_gradients(G, ws)
+    result: dict[str, Any] = {"faces": ALIGNMENT_FACES, "truncation_psi": config.truncation_psi}
+    for name in ATTRIBUTES:
+        result[name] = {}
+        attr = pack.attributes[name]
+        for role, classifier in (("steering", attr.steering), ("evaluator", attr.evaluator)):
+            if classifier is None:
+                continue
+            cos = (instance_specific_direction(G, classifier, ws, target=1) * truth[name]).sum(1)
+            result[name][role] = {"mean_cos": float(cos.mean()), "median_cos": float(cos.median())}
+    return result
+
+
+def _new_encoder(G: ProceduralGenerator, config: DemoPackConfig) -> LatentEncoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 40)
         encoder = LatentEncoder(img_resolution=G.img_resolution, num_ws=G.num_ws, w_dim=G.w_dim)
     encoder.w_avg.copy_(G.w_avg)
-    train_encoder(
-        encoder, G, steps=config.encoder_steps, batch_size=config.encoder_batch_size, lr=config.encoder_lr,
-        truncation_psi=config.encoder_psi, generator=_seeded(config.seed + 41), device="cpu",
-        on_step=lambda i, n: on_progress("encoder", i, n),
-    )
-    return encoder.eval().requires_grad_(False)
+    return encoder
 
 
 def _choose_step(
@@ -274,6 +308,7 @@ def _statistics(pack: ModelPack, config: DemoPackConfig) -> dict[str, Any]:
         deviations.append(abs(stats["phi"][a][b] - target))
     params = G.face_parameters(ws)
     beard = params["beard"] > 0.5
+    population = _population_statistics(G, config)
     return {
         "faces": config.eval_faces,
         "truncation_psi": 1.0,
@@ -282,12 +317,50 @@ def _statistics(pack: ModelPack, config: DemoPackConfig) -> dict[str, Any]:
         },
         "phi": phi_rows,
         "max_abs_deviation": max(deviations),
+        "population": population,
         "beard_given_male": float(beard[truth["male"]].double().mean()),
         "beard_given_female": float(beard[~truth["male"]].double().mean()),
         "steering_agreement": {
             name: float((steering[name] == truth[name]).double().mean()) for name in ATTRIBUTES
         },
         "steering_statistics": attribute_statistics(steering),
+    }
+
+
+def _population_statistics(G: ProceduralGenerator, config: DemoPackConfig) -> dict[str, Any]:
+    """The world's calibration, free of sampling noise: frequencies and phi of `POPULATION_FACES`
+    ground-truth labels (no rendering), and the spread of each at `config.eval_faces` faces (the
+    standard deviation over disjoint slices of the population)."""
+    gen = _seeded(config.seed + 65)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ATTRIBUTES}
+    with torch.no_grad():
+        for _ in range(POPULATION_FACES // 10_000):
+            ws = sample_training_ws(G, n=10_000, truncation_psi=1.0, generator=gen, device="cpu")
+            for name, chunk in G.attribute_labels(ws).items():
+                parts[name].append(chunk)
+    everyone = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    whole = attribute_statistics(everyone)
+    n = config.eval_faces
+    slices = [
+        attribute_statistics({name: v[i * n : (i + 1) * n] for name, v in everyone.items()})
+        for i in range(min(200, POPULATION_FACES // n))
+    ]
+    deviations = [abs(whole["frequency"][a] - f) for a, f in BIAS_TABLE["frequencies"].items()]
+    phi_rows = {}
+    for pair, target in BIAS_TABLE["phi"].items():
+        a, b = pair.split("|")
+        spread = float(np.std([sl["phi"][a][b] for sl in slices]))
+        phi_rows[pair] = {"target": target, "measured": whole["phi"][a][b], f"sd_at_{n}_faces": spread}
+        deviations.append(abs(whole["phi"][a][b] - target))
+    return {
+        "faces": POPULATION_FACES,
+        "frequency": {
+            a: {"target": BIAS_TABLE["frequencies"][a], "measured": whole["frequency"][a],
+                f"sd_at_{n}_faces": float(np.std([sl["frequency"][a] for sl in slices]))}
+            for a in ATTRIBUTES
+        },
+        "phi": phi_rows,
+        "max_abs_deviation": max(deviations),
     }
 
 
@@ -402,6 +475,8 @@ def render_sheet(
     sheet.save(path, optimize=True)
 
 
+ALIGNMENT_FACES = 256  # Faces of the gradient alignment measurement.
+POPULATION_FACES = 400_000  # Ground-truth labels only: the calibration without sampling noise.
 MEASUREMENT_FIELDS = ("eval_faces", "flip_faces", "dt_faces", "encoder_faces", "sheet_faces")
 
 
@@ -430,54 +505,311 @@ def _most_correlated(statistics: Mapping[str, Any]) -> dict[str, str]:
     return {a: max(phi[a], key=lambda b: phi[a][b]) for a in ATTRIBUTES}
 
 
+# ----------------------------------------------------------------------------
+# Jobs: the independent pieces of a build or a measurement, run in worker processes.
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One piece of work: `fn(*args(results), progress=...)`, after the jobs named in `deps`."""
+
+    name: str
+    fn: Callable[..., Any]  # Top-level (picklable); takes `progress(done, total)` as keyword.
+    args: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # From the results of `deps`, in the parent.
+    total: int  # Progress units it reports (for the overall bar).
+    deps: tuple[str, ...] = ()
+
+
+_WORKER_QUEUE: Any = None
+
+
+def _given(*values: Any) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """Job arguments that do not depend on other jobs' results."""
+    return lambda results: values
+
+
+def _init_worker(queue: Any, threads: int) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+    torch.set_num_threads(threads)
+
+
+def _worker_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] > 0.5:
+            last[0] = now
+            _WORKER_QUEUE.put((name, done, total))
+
+    return fn(*args, progress=progress)
+
+
+def _run_jobs(jobs: Sequence[_Job], *, workers: int, threads: int, stage: str,
+              on_progress: ProgressFn) -> dict[str, Any]:
+    """Run `jobs` (in priority order, each after its `deps`) on `workers` processes; results by name.
+
+    With one worker they run here, in order; otherwise in spawned processes of `threads` torch
+    threads each. Every job seeds its own randomness, so the results do not depend on `workers`.
+    Progress goes to `on_progress(stage, done, total)` summed over all jobs.
+    """
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names) or any(d not in names for job in jobs for d in job.deps):
+        raise ValueError(f"Bad job graph: {names}")
+    done_units = {job.name: 0 for job in jobs}
+    grand_total = sum(job.total for job in jobs)
+
+    def report(name: str, done: int, total: int) -> None:
+        owner = next(job for job in jobs if job.name == name)
+        done_units[name] = min(owner.total, round(done * owner.total / max(total, 1)))
+        on_progress(stage, sum(done_units.values()), grand_total)
+
+    results: dict[str, Any] = {}
+    pending = list(jobs)
+
+    def next_ready(running: Sequence[str]) -> _Job | None:
+        for job in pending:
+            if all(dep in results for dep in job.deps):
+                pending.remove(job)
+                return job
+        if not running and pending:
+            raise RuntimeError(f"Jobs {[j.name for j in pending]} wait on jobs that never ran")
+        return None
+
+    on_progress(stage, 0, grand_total)
+    if workers <= 1:
+        while pending:
+            job = next_ready([])
+            assert job is not None
+            results[job.name] = job.fn(
+                *job.args(results), progress=functools.partial(report, job.name)
+            )
+            report(job.name, job.total, job.total)
+        return results
+
+    import concurrent.futures
+    import multiprocessing
+    import queue as queue_module
+
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(events, threads)
+    ) as pool:
+        running: dict[concurrent.futures.Future[Any], str] = {}
+        try:
+            while pending or running:
+                while len(running) < workers:
+                    job = next_ready(list(running.values()))
+                    if job is None:
+                        break
+                    running[pool.submit(_worker_call, job.name, job.fn, job.args(results))] = job.name
+                finished, _ = concurrent.futures.wait(
+                    running, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                while True:
+                    try:
+                        report(*events.get_nowait())
+                    except queue_module.Empty:
+                        break
+                for future in finished:
+                    name = running.pop(future)
+                    results[name] = future.result()
+                    report(name, 1, 1)
+        except BaseException:
+            for future in running:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return results
+
+
+def _world(config: DemoPackConfig) -> ProceduralGenerator:
+    G = ProceduralGenerator(img_resolution=config.img_resolution, seed=config.seed)
+    return G.eval().requires_grad_(False)
+
+
+def _role_settings(role: str, config: DemoPackConfig) -> dict[str, Any]:
+    """How the classifiers of a role are made and trained (architecture, seeds, psi, targets)."""
+    if role == "steering":
+        return {"arch": "resnet18", "width": config.steering_width, "init_seed": config.seed + 10,
+                "seed": config.seed + 11, "steps": config.steering_steps, "psi": config.steering_psi,
+                "label_sharpness": config.steering_label_sharpness}
+    if role == "evaluator":
+        return {"arch": config.evaluator_arch, "width": config.evaluator_width, "init_seed": config.seed + 20,
+                "seed": config.seed + 21, "steps": config.evaluator_steps, "psi": config.evaluator_psi,
+                "label_sharpness": config.evaluator_label_sharpness}
+    raise ValueError(f"Unknown classifier role {role!r}")
+
+
+def _role_classifiers(role: str, config: DemoPackConfig) -> dict[str, AttributeClassifier]:
+    settings = _role_settings(role, config)
+    return _classifiers(settings["arch"], settings["width"], config.img_resolution, settings["init_seed"])
+
+
+def _job_classifiers(
+    role: str, config: DemoPackConfig, names: tuple[str, ...], *, progress: Callable[[int, int], None]
+) -> dict[str, Any]:
+    """Train the `role` classifiers of `names`. All of a role start from one seeded initialisation and
+    see one stream of faces, so a classifier comes out the same whichever others share its job."""
+    settings = _role_settings(role, config)
+    start = time.perf_counter()
+    classifiers = _role_classifiers(role, config)
+    chosen = {name: classifiers[name] for name in names}
+    losses = _train(
+        chosen, _world(config), config, steps=settings["steps"], psi=settings["psi"], seed=settings["seed"],
+        label_sharpness=settings["label_sharpness"], progress=progress,
+    )
+    return {"state": {name: c.state_dict() for name, c in chosen.items()}, "losses": losses,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _job_encoder(config: DemoPackConfig, *, progress: Callable[[int, int], None]) -> dict[str, Any]:
+    from models.inversion import train_encoder
+
+    start = time.perf_counter()
+    G = _world(config)
+    encoder = _new_encoder(G, config)
+    train_encoder(
+        encoder, G, steps=config.encoder_steps, batch_size=config.encoder_batch_size, lr=config.encoder_lr,
+        truncation_psi=config.encoder_psi, generator=_seeded(config.seed + 41), device="cpu",
+        on_step=progress,
+    )
+    return {"state": encoder.state_dict(), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _directions_job_units(config: DemoPackConfig) -> int:
+    n = max(config.svm_samples, config.ganspace_samples)
+    return math.ceil(n / 500) + 2 * len(ATTRIBUTES) + len(config.step_grid)
+
+
+def _job_directions(
+    config: DemoPackConfig, steering_state: Mapping[str, Mapping[str, torch.Tensor]], *,
+    progress: Callable[[int, int], None],
+) -> dict[str, Any]:
+    """Attribute-level directions from the steering classifiers, then the default step (on a
+    provisional pack in a temporary folder: generator, steering classifiers, directions)."""
+    import tempfile
+
+    G = _world(config)
+    steering = _role_classifiers("steering", config)
+    for name, classifier in steering.items():
+        classifier.load_state_dict(steering_state[name])
+        classifier.eval().requires_grad_(False)
+    total = _directions_job_units(config)
+    count = [0]
+
+    def tick(stage: str, done: int, n: int) -> None:
+        count[0] += 1
+        progress(min(count[0], total), total)
+
+    start = time.perf_counter()
+    directions, info = _directions(G, steering, config, tick)
+    seconds = {"directions": round(time.perf_counter() - start, 1)}
+    start = time.perf_counter()
+    attributes = {
+        name: PackAttribute(name=name, description=DESCRIPTIONS[name], steering=steering[name],
+                            evaluator=None, directions=directions[name])
+        for name in ATTRIBUTES
+    }
+    with tempfile.TemporaryDirectory(prefix="ials-demo-step-") as tmp:
+        save_pack(tmp, name="demo", description="provisional: step choice", generator=G,
+                  generator_kind="procedural", attributes=attributes,
+                  defaults=_defaults(config, config.step_grid[0]), overwrite=True)
+        step, measured = _choose_step(load_pack(tmp, "cpu"), config, tick)
+    seconds["step"] = round(time.perf_counter() - start, 1)
+    return {"directions": directions, "info": info, "step": step, "step_measured": measured,
+            "seconds": seconds}
+
+
+def _defaults(config: DemoPackConfig, step: float) -> dict[str, Any]:
+    return {
+        "step": step, "steps": config.steps, "lambda1": config.lambda1, "lambda2": config.lambda2,
+        "truncation_psi": config.truncation_psi, "direction_kind": "interfacegan",
+    }
+
+
+def default_jobs() -> int:
+    """Worker processes of a build or measurement by default: one per CPU core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def build_demo_pack(
     out: str | Path,
     config: DemoPackConfig | None = None,
     *,
     overwrite: bool = False,
+    jobs: int | None = None,
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Build the demo pack into `out` (the pack, `report.json`, `sheet.png`) and return the report.
+
+    The training jobs (steering classifiers, then directions and step; each evaluator; the encoder)
+    and the measurements run on `jobs` worker processes with one torch thread each. Each job seeds
+    its own randomness, so the pack is the same for any `jobs`.
 
     Args:
         out: The pack folder to create.
         config: What to build (default: `DemoPackConfig()`, the committed pack).
         overwrite: Replace an existing pack at `out`.
+        jobs: Worker processes (default: `default_jobs()`); 1 runs everything in this process.
         on_progress: Called as `on_progress(stage, done, total)`.
 
     Returns:
         The report written to `out/report.json`.
     """
     config = config or DemoPackConfig()
+    workers = default_jobs() if jobs is None else jobs
     progress: ProgressFn = on_progress or (lambda stage, done, total: None)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-    timer = _Timer()
     started = time.perf_counter()
 
-    G = ProceduralGenerator(img_resolution=config.img_resolution, seed=config.seed)
-    G.eval().requires_grad_(False)
-    steering = _classifiers("resnet18", config.steering_width, config.img_resolution, config.seed + 10)
-    steering_losses = timer.run("steering", lambda: _train(
-        steering, G, config, steps=config.steering_steps, psi=config.steering_psi, seed=config.seed + 11,
-        stage="steering classifiers", on_progress=progress,
-    ))
-    evaluators = _classifiers(config.evaluator_arch, config.evaluator_width, config.img_resolution,
-                              config.seed + 20)
-    evaluator_losses = timer.run("evaluators", lambda: _train(
-        evaluators, G, config, steps=config.evaluator_steps, psi=config.evaluator_psi, seed=config.seed + 21,
-        stage="evaluator classifiers", on_progress=progress,
-    ))
-    directions, direction_info = timer.run("directions", lambda: _directions(G, steering, config, progress))
-    encoder = timer.run("encoder", lambda: _train_encoder(G, config, progress))
+    evaluator_groups = [(name,) for name in ATTRIBUTES] if workers > 1 else [tuple(ATTRIBUTES)]
+    job_list = [
+        _Job("encoder", _job_encoder, lambda r: (config,), config.encoder_steps),
+        _Job("steering", _job_classifiers, lambda r: ("steering", config, tuple(ATTRIBUTES)),
+             config.steering_steps),
+        _Job("directions", _job_directions, lambda r: (config, r["steering"]["state"]),
+             _directions_job_units(config), deps=("steering",)),
+        *[
+            _Job(f"evaluators {'+'.join(group)}", _job_classifiers, _given("evaluator", config, group),
+                 config.evaluator_steps)
+            for group in evaluator_groups
+        ],
+    ]
+    results = _run_jobs(job_list, workers=workers, threads=1 if workers > 1 else torch.get_num_threads(),
+                        stage=f"training ({workers} process{'es' if workers > 1 else ''})",
+                        on_progress=progress)
+    trained_in = round(time.perf_counter() - started, 1)
+
+    G = _world(config)
+    steering = _role_classifiers("steering", config)
+    evaluators = _role_classifiers("evaluator", config)
+    evaluator_losses: dict[str, list[float]] = {}
+    for name in ATTRIBUTES:
+        steering[name].load_state_dict(results["steering"]["state"][name])
+        group_result = next(
+            v for k, v in results.items() if k.startswith("evaluators") and name in v["state"]
+        )
+        evaluators[name].load_state_dict(group_result["state"][name])
+        evaluator_losses[name] = group_result["losses"][name]
+    for classifier in [*steering.values(), *evaluators.values()]:
+        classifier.eval().requires_grad_(False)
+    encoder = _new_encoder(G, config)
+    encoder.load_state_dict(results["encoder"]["state"])
+    encoder.eval().requires_grad_(False)
+    directions = results["directions"]
+    step = directions["step"]
 
     attributes = {
         name: PackAttribute(
             name=name, description=DESCRIPTIONS[name], steering=steering[name], evaluator=evaluators[name],
-            directions=directions[name],
+            directions=directions["directions"][name],
         )
         for name in ATTRIBUTES
     }
@@ -485,44 +817,77 @@ def build_demo_pack(
         "world": G.describe_world(),
         "build": {"command": "ials build-demo-pack", "config": _build_fields(config)},
     }
-
-    def save(step: float) -> ModelPack:
-        defaults = {
-            "step": step, "steps": config.steps, "lambda1": config.lambda1, "lambda2": config.lambda2,
-            "truncation_psi": config.truncation_psi, "direction_kind": "interfacegan",
-        }
-        save_pack(
-            out, name="demo", generator=G, generator_kind="procedural", attributes=attributes,
-            defaults=defaults, extra=extra, encoder=encoder, overwrite=True,
-            description=(
-                "The embedded demo pack: a differentiable procedural face world (64 px) with known, biased "
-                "attributes, built by `ials build-demo-pack`. Not a GAN trained on photos: use "
-                "`ials convert` for real checkpoints."
-            ),
-        )
-        return load_pack(out, "cpu")
-
-    # Choose the step on a provisional pack (same networks), then save the final one.
-    provisional = save(config.step_grid[0])
-    step, step_measurements = timer.run("step", lambda: _choose_step(provisional, config, progress))
-    save(step)
-
+    save_pack(
+        out, name="demo", generator=G, generator_kind="procedural", attributes=attributes,
+        defaults=_defaults(config, step), extra=extra, encoder=encoder, overwrite=True,
+        description=(
+            "The embedded demo pack: a differentiable procedural face world (64 px) with known, biased "
+            "attributes, built by `ials build-demo-pack`. Not a GAN trained on photos: use "
+            "`ials convert` for real checkpoints."
+        ),
+    )
+    load_pack(out, "cpu")  # Hashes and shapes check out.
+    job_seconds = {
+        "steering": results["steering"]["seconds"],
+        "evaluators": round(sum(v["seconds"] for k, v in results.items() if k.startswith("evaluators")), 1),
+        **directions["seconds"],
+        "encoder": results["encoder"]["seconds"],
+    }
     build = {
         "config": asdict(config),
         "environment": {
-            "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "processes": workers, "threads_per_process": 1 if workers > 1 else torch.get_num_threads(),
         },
-        "seconds": {**timer.seconds, "total": round(time.perf_counter() - started, 1)},
+        # Per job, in its process; `wall` is the whole build (training and saving), all processes at once.
+        "seconds": {**job_seconds, "cpu_total": round(sum(job_seconds.values()), 1),
+                    "training_wall": trained_in, "wall": round(time.perf_counter() - started, 1)},
         "classifier_final_loss": {
-            name: {"steering": float(np.mean(steering_losses[name][-50:])),
+            name: {"steering": float(np.mean(results["steering"]["losses"][name][-50:])),
                    "evaluator": float(np.mean(evaluator_losses[name][-50:]))}
             for name in ATTRIBUTES
         },
-        "directions": direction_info,
-        "step_selection": {"chosen": step, "target": config.step_target, "measured": step_measurements},
+        "directions": directions["info"],
+        "step_selection": {
+            "chosen": step, "target": config.step_target, "measured": directions["step_measured"],
+        },
     }
-    return measure_demo_pack(out, config, build=build, on_progress=on_progress)
+    return measure_demo_pack(out, config, build=build, jobs=workers, on_progress=on_progress)
+
+
+def _job_flips(
+    out: str, config: DemoPackConfig, step: float, name: str, *, progress: Callable[[int, int], None]
+) -> dict[str, dict[str, float]]:
+    pack = load_pack(out, "cpu")
+    total = 2 * len(pack.attributes[name].directions)
+    count = [0]
+
+    def tick(label: str) -> None:
+        count[0] += 1
+        progress(count[0], total)
+
+    return flip_rates(
+        pack, num=config.flip_faces, steps=config.steps, step=step, lambda1=config.lambda1,
+        lambda2=config.lambda2, truncation_psi=config.truncation_psi, seed=config.seed + 110,
+        attributes=[name], on_done=tick,
+    )[name]
+
+
+def _job_dt(
+    out: str, config: DemoPackConfig, step: float, primal: str, condition: str, *,
+    progress: Callable[[int, int], None],
+) -> dict[str, Any]:
+    count = [0]
+
+    def tick(label: str) -> None:
+        count[0] += 1
+        progress(count[0], 2)
+
+    return dt_comparison(
+        load_pack(out, "cpu"), methods=METHODS, num=config.dt_faces, steps=config.steps, step=step,
+        truncation_psi=config.truncation_psi, seed=config.seed + 120, primals=[primal],
+        conditions=[condition], on_done=tick,
+    )
 
 
 def measure_demo_pack(
@@ -531,6 +896,7 @@ def measure_demo_pack(
     *,
     build: Mapping[str, Any] | None = None,
     dt_primals: Sequence[str] | None = None,
+    jobs: int | None = None,
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Measure a built demo pack and write `report.json` and `sheet.png` next to its files.
@@ -543,6 +909,8 @@ def measure_demo_pack(
             section of the `report.json` found in `out` when this measurement ends, if any.
         dt_primals: Measure the DT comparison for these primal attributes only (a part for
             `models.evaluation.merge_dt`); default all.
+        jobs: Worker processes for the flip rates and the DT comparison, one per attribute or
+            (primal, condition) pair (default: `default_jobs()`).
         on_progress: Called as `on_progress(stage, done, total)`.
 
     With `flip_faces = 0` or `dt_faces = 0` that measurement is skipped and the section of an
@@ -564,31 +932,34 @@ def measure_demo_pack(
     step = float(pack.defaults["step"])
     statistics = timer.run("statistics", lambda: _statistics(pack, config))
     accuracy = timer.run("accuracy", lambda: _accuracy(pack, config))
+    alignment = timer.run("gradient_alignment", lambda: _gradient_alignment(pack, config))
     progress("measure", 1, 4)
-    flip_done = [0]
-    flip_total = 2 * sum(len(pack.attributes[name].directions) for name in ATTRIBUTES)
-
-    def flip_tick(label: str) -> None:
-        flip_done[0] += 1
-        progress("flip rates", flip_done[0], flip_total)
-
-    flips = timer.run("flips", lambda: flip_rates(
-        pack, num=config.flip_faces, steps=config.steps, step=step, lambda1=config.lambda1,
-        lambda2=config.lambda2, truncation_psi=config.truncation_psi, seed=config.seed + 110,
-        on_done=flip_tick,
-    )) if config.flip_faces > 0 else None
-    progress("measure", 2, 4)
-    dt_done = [0]
-    dt_total = 2 * len(dt_primals or ATTRIBUTES) * (len(ATTRIBUTES) - 1)
-
-    def dt_tick(label: str) -> None:
-        dt_done[0] += 1
-        progress("DT comparison", dt_done[0], dt_total)
-
-    dt = timer.run("dt", lambda: dt_comparison(
-        pack, methods=METHODS, num=config.dt_faces, steps=config.steps, step=step,
-        truncation_psi=config.truncation_psi, seed=config.seed + 120, primals=dt_primals, on_done=dt_tick,
-    )) if config.dt_faces > 0 else None
+    measure_jobs: list[_Job] = []
+    if config.dt_faces > 0:
+        measure_jobs += [
+            _Job(f"dt {primal}|{condition}", _job_dt, _given(str(out), config, step, primal, condition), 2)
+            for primal in (dt_primals or ATTRIBUTES) for condition in ATTRIBUTES if condition != primal
+        ]
+    if config.flip_faces > 0:
+        measure_jobs += [
+            _Job(f"flips {name}", _job_flips, _given(str(out), config, step, name),
+                 2 * len(pack.attributes[name].directions))
+            for name in ATTRIBUTES
+        ]
+    workers = default_jobs() if jobs is None else jobs
+    start = time.perf_counter()
+    measured = _run_jobs(
+        measure_jobs, workers=workers, threads=1 if workers > 1 else torch.get_num_threads(),
+        stage=f"flip rates and DT ({workers} process{'es' if workers > 1 else ''})", on_progress=progress,
+    ) if measure_jobs else {}
+    flips = {
+        name: result for key, result in measured.items() if key.startswith("flips ")
+        for name in [key.split(" ", 1)[1]]
+    } or None
+    dt_parts = [result for key, result in measured.items() if key.startswith("dt ")]
+    dt = merge_dt(dt_parts) if dt_parts else None
+    if measure_jobs:
+        timer.seconds["flips_and_dt_wall"] = round(time.perf_counter() - start, 1)
     progress("measure", 3, 4)
     encoder_quality = timer.run("encoder_quality", lambda: _encoder_quality(pack, config))
     conditions = _most_correlated(statistics)
@@ -601,13 +972,20 @@ def measure_demo_pack(
         previous = json.loads(report_path.read_text(encoding="utf-8"))
     if build is None:
         build = previous.get("build")
+    measure_config = {key: getattr(config, key) for key in MEASUREMENT_FIELDS}
+    for key, kept in (("flip_faces", flips is None), ("dt_faces", dt is None)):
+        if kept:  # The section (if any) comes from the previous report, measured with its settings.
+            measure_config[key] = previous.get("measure_config", {}).get(key, 0)
     report = {
         "pack": out.name,
         "defaults": pack.defaults,
         "build": dict(build) if build is not None else None,
         "measure_seconds": {**previous.get("measure_seconds", {}), **timer.seconds},
-        "measure_config": {key: getattr(config, key) for key in MEASUREMENT_FIELDS},
+        "measure_config": measure_config,
+        # Worker processes of the flip rates and DT comparison (one torch thread each).
+        "measure_processes": workers if measure_jobs else previous.get("measure_processes"),
         "classifier_accuracy": accuracy,
+        "gradient_alignment": alignment,
         "statistics": statistics,
         "flip_rates": {
             "faces": config.flip_faces, "truncation_psi": config.truncation_psi, "steps": config.steps,

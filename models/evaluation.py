@@ -240,7 +240,8 @@ def flip_rates(
     G = pack.generator
     names = list(attributes or pack.attributes)
     rates: dict[str, dict[str, dict[str, float]]] = {}
-    for a_index, name in enumerate(names):
+    for name in names:
+        a_index = list(pack.attributes).index(name)  # The pack's order: a subset measures the same faces.
         kinds = list(direction_kinds or pack.attributes[name].directions)
         rates[name] = {kind: {} for kind in kinds}
         label_fn = _labeller(pack, name)
@@ -279,14 +280,15 @@ def dt_comparison(
     seed: int,
     attributes: Sequence[str] | None = None,
     primals: Sequence[str] | None = None,
+    conditions: Sequence[str] | None = None,
     batch_size: int = 200,
     on_done: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The disentanglement-transformation (DT) comparison of the paper's Table 1, per method.
 
-    `primals` restricts the primal attributes (conditions still range over all `attributes`), so that
-    the comparison can run in parts (in parallel processes) joined by `merge_dt`; a face set depends
-    only on the primal, its sign and `seed`, so the parts equal the whole.
+    `primals` and `conditions` restrict the primal and condition attributes (of `attributes`), so
+    that the comparison can run in parts (in parallel processes) joined by `merge_dt`; a face set
+    depends only on the primal, its sign and `seed`, so the parts equal the whole.
 
     For every ordered pair (primal A, condition B) and both directions, `num` faces whose primal
     label starts on the other side are edited with B as condition, by every method, from the same
@@ -319,7 +321,7 @@ def dt_comparison(
             generator=gen, device=pack.device,
         )
         for condition in names:
-            if condition == primal:
+            if condition == primal or (conditions is not None and condition not in conditions):
                 continue
             curves: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
             for method in methods:
@@ -362,7 +364,7 @@ def dt_comparison(
 
 
 def merge_dt(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Join `dt_comparison` results of disjoint `primals` with equal settings into one."""
+    """Join `dt_comparison` results of disjoint parts (`primals`, `conditions`) with equal settings."""
     if not parts:
         raise ValueError("Nothing to merge")
     settings = parts[0]["settings"]

@@ -43,7 +43,7 @@ PsiSpec = float | tuple[float, float]
 
 
 class LabelledGenerator(Protocol):
-    """A generator that knows the truth: StyleGAN's interface plus `attribute_labels(ws)`."""
+    """A generator that knows the truth: StyleGAN's interface plus `attribute_labels/logits(ws)`."""
 
     z_dim: int
     w_dim: int
@@ -55,6 +55,8 @@ class LabelledGenerator(Protocol):
     def synthesis(self, ws: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
 
     def attribute_labels(self, ws: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def attribute_logits(self, ws: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 class ClassifierTraining(NamedTuple):
@@ -144,6 +146,7 @@ def train_classifier(
     device: torch.device | str,
     weight_decay: float = 0.0,
     warmup_steps: int | None = None,
+    label_sharpness: float | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> ClassifierTraining:
     """Train a 2-class attribute classifier on fresh renders labelled by the generator's ground truth.
@@ -173,6 +176,7 @@ def train_classifier(
         device=device,
         weight_decay=weight_decay,
         warmup_steps=warmup_steps,
+        label_sharpness=label_sharpness,
         on_step=on_step,
     )
     return results[attribute]
@@ -190,6 +194,7 @@ def train_classifiers(
     device: torch.device | str,
     weight_decay: float = 0.0,
     warmup_steps: int | None = None,
+    label_sharpness: float | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, ClassifierTraining]:
     """Train one classifier per attribute on shared fresh renders labelled by the ground truth.
@@ -199,6 +204,11 @@ def train_classifiers(
     classifiers also see the stronger attribute values that edits reach), images
     `x = G.synthesis(ws, noise_mode='const')` under `torch.no_grad()`, and for every attribute X the
     label `y_X = G.attribute_labels(ws)[X]` and one Adam step on `cross_entropy(H_X.logits(x), y_X)`.
+    With `label_sharpness = s` the target is graded instead: class 1 with probability
+    `sigmoid(s * L_X)`, `L_X = G.attribute_logits(ws)[X]` the true logit (same decision boundary).
+    Hard labels let the logit margin saturate away from the boundary, where its slope along an
+    attribute then has a random sign; graded targets keep the margin growing with the attribute, so
+    the classifier's latent gradient points where the attribute grows (what IALS steers by).
     Rendering once for all attributes roughly halves the cost of training them one by one. Each
     classifier has its own optimiser; the learning rate warms up linearly, then decays to 0 on a
     cosine. BatchNorm runs in train mode (batch statistics, running averages updated) during
@@ -218,6 +228,8 @@ def train_classifiers(
         device: Where training runs.
         weight_decay: Adam's L2 weight decay.
         warmup_steps: Steps of linear warm-up; default 5 % of `steps` (at least 1).
+        label_sharpness: Train on graded targets `sigmoid(s * true logit)` (needs
+            `G.attribute_logits`); None = hard labels.
         on_step: Called as `on_step(i, steps)` after step i = 1..steps.
 
     Returns:
@@ -235,6 +247,8 @@ def train_classifiers(
     warmup = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps
     if warmup < 1:
         raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
+    if label_sharpness is not None and not (math.isfinite(label_sharpness) and label_sharpness > 0):
+        raise ValueError(f"label_sharpness must be a positive number or None, got {label_sharpness}")
     optimizers = {
         name: torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
         for name, classifier in classifiers.items()
@@ -257,12 +271,19 @@ def train_classifiers(
                 unknown = sorted(set(classifiers) - set(labels))
                 if unknown:
                     raise ValueError(f"Unknown attributes {unknown}; the generator has {sorted(labels)}")
+                targets: dict[str, torch.Tensor] = {}
+                if label_sharpness is not None:
+                    true_logits = G.attribute_logits(ws)
+                    for name in classifiers:
+                        p = torch.sigmoid(label_sharpness * true_logits[name].to(device, torch.float32))
+                        targets[name] = torch.stack([1 - p, p], dim=1)  # [B, 2] class probabilities
+                else:
+                    targets = {n: labels[n].to(device=device, dtype=torch.int64) for n in classifiers}
                 images = G.synthesis(ws, noise_mode="const")  # [B, C, H, W]
 
             # One optimiser step per classifier.
             for name, classifier in classifiers.items():
-                y = labels[name].to(device=device, dtype=torch.int64)  # [B]
-                loss = F.cross_entropy(classifier.logits(images), y)
+                loss = F.cross_entropy(classifier.logits(images), targets[name])
                 optimizers[name].zero_grad(set_to_none=True)
                 torch.autograd.backward([loss])
                 optimizers[name].step()

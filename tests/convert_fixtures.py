@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.networks.classifier import resnet18
+from models.networks.classifier import ARCHS
 
 # ----------------------------------------------------------------------------
 # NVIDIA StyleGAN2-ADA pickles.
@@ -424,10 +424,12 @@ def lernapparat_state_dict(
 _BACKBONE_INDEX = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
 
 
-def ials_classifier_state_dict(*, width: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+def ials_classifier_state_dict(
+    *, width: int = 8, seed: int = 0, arch: str = "resnet18"
+) -> dict[str, torch.Tensor]:
     """`ClassifyModel().state_dict()`: `backbone.N.*` and `extra_layer.*`, random BatchNorm statistics."""
     torch.manual_seed(seed)
-    net = resnet18(width=width, num_classes=2)
+    net = ARCHS[arch](width=width, num_classes=2)
     gen = torch.Generator().manual_seed(seed + 1)
     sd: dict[str, torch.Tensor] = {}
     for key, value in net.state_dict().items():

@@ -271,7 +271,12 @@ def load_ials_classifier(
     state = _load_state(f, what)
     if "backbone.0.weight" not in state or "extra_layer.weight" not in state:
         raise ConvertError(f"not {what}: no backbone.0.weight and extra_layer.weight")
-    arch = "resnet50" if any(k.endswith("conv3.weight") for k in state) else "resnet18"
+    # backbone.4 is layer1: 3 blocks in ResNet-34 and -50, 2 in ResNet-18; bottlenecks have a conv3.
+    layer1_blocks = {k.split(".")[2] for k in state if k.startswith("backbone.4.")}
+    if any(k.endswith("conv3.weight") for k in state):
+        arch = "resnet50"
+    else:
+        arch = "resnet34" if len(layer1_blocks) == 3 else "resnet18"
     num_classes = int(state["extra_layer.weight"].shape[0])
     if num_classes != 2:
         raise ConvertError(f"{what}: expected a 2-class head, got {num_classes} classes")

@@ -167,12 +167,17 @@ def resnet18(*, width: int = 64, num_classes: int = 1000) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], width=width, num_classes=num_classes)
 
 
+def resnet34(*, width: int = 64, num_classes: int = 1000) -> ResNet:
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); with width 64 it matches `torchvision.models.resnet34`."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], width=width, num_classes=num_classes)
+
+
 def resnet50(*, width: int = 64, num_classes: int = 1000) -> ResNet:
     """ResNet-50 v1.5 (Bottleneck, [3, 4, 6, 3]); with width 64 it matches `torchvision.models.resnet50`."""
     return ResNet(Bottleneck, [3, 4, 6, 3], width=width, num_classes=num_classes)
 
 
-ARCHS = {"resnet18": resnet18, "resnet50": resnet50}
+ARCHS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
 # ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.networks.classifier import AttributeClassifier, resnet18, resnet50
+from models.networks.classifier import AttributeClassifier, resnet18, resnet34, resnet50
 
 BN_KEYS = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 
@@ -52,6 +52,16 @@ def test_resnet18_keys_match_torchvision() -> None:
     assert state["bn1.num_batches_tracked"].dtype == torch.int64
 
 
+def test_resnet34_keys_match_torchvision() -> None:
+    state = resnet34(num_classes=2).state_dict()
+    assert list(state) == torchvision_keys([3, 4, 6, 3], is_bottleneck=False)
+    assert len(state) == 218
+    assert "layer1.2.conv2.weight" in state and "layer3.5.bn2.running_var" in state
+    assert "layer1.0.downsample.0.weight" not in state
+    assert state["layer2.0.downsample.0.weight"].shape == (128, 64, 1, 1)
+    assert state["fc.weight"].shape == (2, 512)
+
+
 def test_resnet50_keys_match_torchvision() -> None:
     network = resnet50(num_classes=2)
     state = network.state_dict()
@@ -69,6 +79,7 @@ def test_resnet50_keys_match_torchvision() -> None:
 def test_parameter_counts_match_torchvision() -> None:
     # torchvision.models.resnet18() and resnet50() with their 1000-class heads.
     assert sum(p.numel() for p in resnet18().parameters()) == 11_689_512
+    assert sum(p.numel() for p in resnet34().parameters()) == 21_797_672
     assert sum(p.numel() for p in resnet50().parameters()) == 25_557_032
 
 

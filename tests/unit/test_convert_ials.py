@@ -263,6 +263,17 @@ def test_classifier_matches_classify_model(tmp_path: Path) -> None:
         load_ials_classifier(f)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_classifier_architecture_is_read_from_the_keys(arch: str, tmp_path: Path) -> None:
+    sd = ials_classifier_state_dict(width=4, seed=5, arch=arch)
+    path = tmp_path / "weight.pkl"
+    torch.save(sd, path)
+    with open(path, "rb") as f:
+        classifier = load_ials_classifier(f, input_resolution=16)
+    assert classifier.init_kwargs["arch"] == arch
+    assert classifier.state_dict()["net.fc.weight"].equal(sd["extra_layer.weight"])
+
+
 def test_direction_shapes_and_norm(tmp_path: Path) -> None:
     path = tmp_path / "d.npy"
     np.save(path, np.full([1, W_DIM], 3.0, np.float32))

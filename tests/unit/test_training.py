@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.networks.classifier import AttributeClassifier
 from models.networks.procedural import ProceduralGenerator
@@ -174,6 +175,33 @@ def test_training_rejects_unknown_attribute(tiny_world: ProceduralGenerator) -> 
             generator=torch.Generator(),
             device="cpu",
         )
+
+
+def test_graded_targets_are_the_sigmoid_of_the_true_logit(tiny_world: ProceduralGenerator) -> None:
+    """With `label_sharpness = s` the first step's loss is the cross-entropy against sigmoid(s * logit)
+    of the very faces drawn (same generator state), not against the hard labels."""
+    sharpness = 3.0
+    classifier = tiny_classifier(seed=5)
+    reference = copy.deepcopy(classifier).train()
+    gen = torch.Generator().manual_seed(11)
+    result = train_classifier(
+        classifier, tiny_world, "smiling", steps=1, batch_size=16, lr=1e-3, truncation_psi=(0.8, 1.2),
+        generator=torch.Generator().manual_seed(11), device="cpu", label_sharpness=sharpness,
+    )
+    ws = sample_training_ws(tiny_world, n=16, truncation_psi=(0.8, 1.2), generator=gen, device="cpu")
+    with torch.no_grad():
+        logits = reference.logits(tiny_world.synthesis(ws))
+        p = torch.sigmoid(sharpness * tiny_world.attribute_logits(ws)["smiling"])
+        graded = F.cross_entropy(logits, torch.stack([1 - p, p], dim=1))
+        hard = F.cross_entropy(logits, tiny_world.attribute_labels(ws)["smiling"].long())
+    assert result.losses[0] == pytest.approx(float(graded), rel=1e-5)
+    assert abs(float(graded) - float(hard)) > 1e-3
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="label_sharpness"):
+            train_classifier(
+                tiny_classifier(), tiny_world, "smiling", steps=1, batch_size=2, lr=1e-3, truncation_psi=1.0,
+                generator=torch.Generator(), device="cpu", label_sharpness=bad,
+            )
 
 
 # ----------------------------------------------------------------------------
