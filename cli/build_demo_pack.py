@@ -30,11 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=_positive_int,
         default=None,
-        help="worker processes, one torch thread each (default: one per CPU core); "
-        "the pack does not depend on it; 1 runs everything in this process",
+        help="worker processes for the training and the flip/DT measurements (default or 0: one per "
+        "CPU core); every job runs with one torch thread, so the pack does not depend on it; 1 runs "
+        "the jobs in this process",
     )
     parser.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch CPU threads with --jobs 1 (default: all)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads of the measurements outside the jobs (accuracy, statistics, sheet); "
+        "default: torch's",
     )
     parser.add_argument(
         "--measure-only",
@@ -126,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     accuracy = report["classifier_accuracy"]
     build = report.get("build") or {}
-    built_in = build.get("seconds", {}).get("wall")
+    seconds = build.get("seconds", {})
+    built_in = seconds.get("wall", seconds.get("total"))
     suffix = (f", built in {built_in:.0f} s" if built_in else "")
     print(f"pack: {out} ({report['pack_mb']} MB of weights){suffix}")
     print(f"  measured in {sum(report['measure_seconds'].values()):.0f} s")

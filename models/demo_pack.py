@@ -30,13 +30,15 @@ Progress is reported through `on_progress(stage, done, total)` only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +116,8 @@ class DemoPackConfig:
     # Measurements (not recorded in the manifest: they do not change the pack).
     eval_faces: int = 2000
     flip_faces: int = 200
-    # The DT comparison costs about 190 s of one CPU core per (primal, condition, sign) at 200 faces
-    # (the renderer's backward pass dominates): 40 of them take about an hour on 2 cores.
+    # The DT comparison costs about 45 s of one CPU core per (primal, condition, sign) at 200 faces
+    # (the renderer's backward pass dominates): the 80 of them took 36 minutes on 2 cores.
     dt_faces: int = 200
     encoder_faces: int = 50
     sheet_faces: int = 32
@@ -531,10 +533,19 @@ def _given(*values: Any) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
 def _init_worker(queue: Any, threads: int) -> None:
     global _WORKER_QUEUE
     _WORKER_QUEUE = queue
+    queue.cancel_join_thread()  # A worker killed mid-job must not hang on unsent progress events.
     torch.set_num_threads(threads)
 
 
-def _worker_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _to_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _worker_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
+    """Run one job in a worker. The result travels back serialised: tensors sent as they are would each
+    hold a file descriptor open in the parent (thousands for a build)."""
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -543,50 +554,68 @@ def _worker_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> An
             last[0] = now
             _WORKER_QUEUE.put((name, done, total))
 
-    return fn(*args, progress=progress)
+    return _to_bytes(fn(*args, progress=progress))
 
 
-def _run_jobs(jobs: Sequence[_Job], *, workers: int, threads: int, stage: str,
-              on_progress: ProgressFn) -> dict[str, Any]:
-    """Run `jobs` (in priority order, each after its `deps`) on `workers` processes; results by name.
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    With one worker they run here, in order; otherwise in spawned processes of `threads` torch
-    threads each. Every job seeds its own randomness, so the results do not depend on `workers`.
-    Progress goes to `on_progress(stage, done, total)` summed over all jobs.
+
+def _run_jobs(jobs: Sequence[_Job], *, workers: int, stage: str, on_progress: ProgressFn) -> dict[str, Any]:
+    """Run `jobs` (in priority order, each after its `deps`) on `workers` processes; results by name,
+    in the order of `jobs`.
+
+    Every job runs with one torch thread: in spawned worker processes, or with one worker here, in
+    order. Since every job also seeds its own randomness, the results do not depend on `workers` (on
+    one machine and torch build). Progress goes to `on_progress(stage, done, total)` summed over all
+    jobs. If a job fails, the other workers are stopped and the error is raised.
     """
+    if workers < 1:
+        raise ValueError(f"Need at least one worker, got {workers}")
     names = [job.name for job in jobs]
     if len(set(names)) != len(names) or any(d not in names for job in jobs for d in job.deps):
         raise ValueError(f"Bad job graph: {names}")
+    by_name = {job.name: job for job in jobs}
     done_units = {job.name: 0 for job in jobs}
     grand_total = sum(job.total for job in jobs)
+    results: dict[str, Any] = {}
 
     def report(name: str, done: int, total: int) -> None:
-        owner = next(job for job in jobs if job.name == name)
-        done_units[name] = min(owner.total, round(done * owner.total / max(total, 1)))
+        if name in results:  # A late event of a finished job.
+            return
+        done_units[name] = min(by_name[name].total, round(done * by_name[name].total / max(total, 1)))
         on_progress(stage, sum(done_units.values()), grand_total)
 
-    results: dict[str, Any] = {}
+    def finished(name: str, result: Any) -> None:
+        results[name] = result
+        done_units[name] = by_name[name].total
+        on_progress(stage, sum(done_units.values()), grand_total)
+
     pending = list(jobs)
 
-    def next_ready(running: Sequence[str]) -> _Job | None:
+    def next_ready(num_running: int) -> _Job | None:
         for job in pending:
             if all(dep in results for dep in job.deps):
                 pending.remove(job)
                 return job
-        if not running and pending:
+        if not num_running and pending:
             raise RuntimeError(f"Jobs {[j.name for j in pending]} wait on jobs that never ran")
         return None
 
     on_progress(stage, 0, grand_total)
-    if workers <= 1:
-        while pending:
-            job = next_ready([])
-            assert job is not None
-            results[job.name] = job.fn(
-                *job.args(results), progress=functools.partial(report, job.name)
-            )
-            report(job.name, job.total, job.total)
-        return results
+    if workers == 1:
+        with _torch_threads(1):
+            while pending:
+                job = next_ready(0)
+                assert job is not None
+                finished(job.name, job.fn(*job.args(results), progress=functools.partial(report, job.name)))
+        return {name: results[name] for name in names}
 
     import concurrent.futures
     import multiprocessing
@@ -594,35 +623,41 @@ def _run_jobs(jobs: Sequence[_Job], *, workers: int, threads: int, stage: str,
 
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(events, threads)
-    ) as pool:
-        running: dict[concurrent.futures.Future[Any], str] = {}
-        try:
-            while pending or running:
-                while len(running) < workers:
-                    job = next_ready(list(running.values()))
-                    if job is None:
-                        break
-                    running[pool.submit(_worker_call, job.name, job.fn, job.args(results))] = job.name
-                finished, _ = concurrent.futures.wait(
-                    running, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                while True:
-                    try:
-                        report(*events.get_nowait())
-                    except queue_module.Empty:
-                        break
-                for future in finished:
-                    name = running.pop(future)
-                    results[name] = future.result()
-                    report(name, 1, 1)
-        except BaseException:
-            for future in running:
-                future.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    return results
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(events, 1)
+    )
+
+    def drain() -> None:
+        while True:
+            try:
+                report(*events.get_nowait())
+            except queue_module.Empty:
+                return
+
+    running: dict[concurrent.futures.Future[bytes], str] = {}
+    try:
+        while pending or running:
+            while len(running) < workers:
+                job = next_ready(len(running))
+                if job is None:
+                    break
+                running[pool.submit(_worker_call, job.name, job.fn, job.args(results))] = job.name
+            done, _ = concurrent.futures.wait(
+                running, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            drain()
+            for future in done:
+                name = running.pop(future)
+                finished(name, torch.load(io.BytesIO(future.result()), weights_only=True))
+        drain()
+    except BaseException:
+        # Stop the other jobs now rather than wait for them (an encoder job runs for 25 minutes).
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return {name: results[name] for name in names}
 
 
 def _world(config: DemoPackConfig) -> ProceduralGenerator:
@@ -731,8 +766,12 @@ def _defaults(config: DemoPackConfig, step: float) -> dict[str, Any]:
 
 
 def default_jobs() -> int:
-    """Worker processes of a build or measurement by default: one per CPU core, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Worker processes of a build or measurement by default: one per usable CPU core, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # Not on Linux.
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def build_demo_pack(
@@ -761,6 +800,8 @@ def build_demo_pack(
     """
     config = config or DemoPackConfig()
     workers = default_jobs() if jobs is None else jobs
+    if workers < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     progress: ProgressFn = on_progress or (lambda stage, done, total: None)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -782,9 +823,10 @@ def build_demo_pack(
             for group in evaluator_groups
         ],
     ]
-    results = _run_jobs(job_list, workers=workers, threads=1 if workers > 1 else torch.get_num_threads(),
-                        stage=f"training ({workers} process{'es' if workers > 1 else ''})",
-                        on_progress=progress)
+    results = _run_jobs(
+        job_list, workers=workers, stage=f"training ({workers} process{'es' if workers > 1 else ''})",
+        on_progress=progress,
+    )
     trained_in = round(time.perf_counter() - started, 1)
 
     G = _world(config)
@@ -837,7 +879,7 @@ def build_demo_pack(
         "config": asdict(config),
         "environment": {
             "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "processes": workers, "threads_per_process": 1 if workers > 1 else torch.get_num_threads(),
+            "processes": workers, "threads_per_job": 1,
         },
         # Per job, in its process; `wall` is the whole build (training and saving), all processes at once.
         "seconds": {**job_seconds, "cpu_total": round(sum(job_seconds.values()), 1),
@@ -947,9 +989,11 @@ def measure_demo_pack(
             for name in ATTRIBUTES
         ]
     workers = default_jobs() if jobs is None else jobs
+    if workers < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
     measured = _run_jobs(
-        measure_jobs, workers=workers, threads=1 if workers > 1 else torch.get_num_threads(),
+        measure_jobs, workers=workers,
         stage=f"flip rates and DT ({workers} process{'es' if workers > 1 else ''})", on_progress=progress,
     ) if measure_jobs else {}
     flips = {

@@ -304,6 +304,10 @@ def dt_comparison(
     """
     G = pack.generator
     names = list(attributes or pack.attributes)
+    for what, chosen in (("primals", primals), ("conditions", conditions)):
+        unknown = sorted(set(chosen or ()) - set(names))
+        if unknown:
+            raise ValueError(f"Unknown {what} {unknown}; the attributes are {names}")
     has_truth = hasattr(G, "attribute_labels")
     evaluators = {
         n: pack.attributes[n].evaluator for n in names if pack.attributes[n].evaluator is not None
@@ -379,6 +383,18 @@ def merge_dt(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for method_name, labellers in part["pairs"].items():
             for labeller, rows in labellers.items():
                 per.setdefault(method_name, {}).setdefault(labeller, []).extend(rows)
+    # The order of one `dt_comparison` run (primal, sign, condition, in the parts' attribute order), so
+    # that the means are summed in the same order whatever the parts.
+    order: dict[str, int] = {}
+    for part in parts:
+        for labellers in part["pairs"].values():
+            for rows in labellers.values():
+                for row in rows:
+                    for name in (row["primal"], row["condition"]):
+                        order.setdefault(name, len(order))
+    for labellers in per.values():
+        for rows in labellers.values():
+            rows.sort(key=lambda r: (order[r["primal"]], -r["sign"], order[r["condition"]]))
     return _summarize_dt(per, methods, settings)
 
 

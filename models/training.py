@@ -283,7 +283,11 @@ def train_classifiers(
 
             # One optimiser step per classifier.
             for name, classifier in classifiers.items():
-                loss = F.cross_entropy(classifier.logits(images), targets[name])
+                logits = classifier.logits(images)
+                target = targets[name]
+                if target.is_floating_point():  # Graded: class probabilities in the logits' dtype.
+                    target = target.to(logits.dtype)
+                loss = F.cross_entropy(logits, target)
                 optimizers[name].zero_grad(set_to_none=True)
                 torch.autograd.backward([loss])
                 optimizers[name].step()

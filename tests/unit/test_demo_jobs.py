@@ -1,0 +1,103 @@
+"""The job runner of the demo pack build (`models.demo_pack._run_jobs`) and the parts it splits work into."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from models.demo_pack import _given, _Job, _run_jobs
+from models.evaluation import METHODS, dt_comparison, flip_rates, merge_dt
+from models.pack import load_pack
+from service.config import DEFAULT_PACK_PATH
+
+
+def _square(x: int, *, progress: Any) -> dict[str, Any]:
+    progress(1, 2)
+    progress(2, 2)
+    return {"value": torch.full([3], float(x * x)), "threads": torch.get_num_threads()}
+
+
+def _add(a: dict[str, Any], b: dict[str, Any], *, progress: Any) -> dict[str, Any]:
+    return {"value": a["value"] + b["value"], "threads": torch.get_num_threads()}
+
+
+def _fail(*, progress: Any) -> None:
+    raise RuntimeError("this job fails on purpose")
+
+
+def _sleep(seconds: float, *, progress: Any) -> None:
+    time.sleep(seconds)
+
+
+def _graph() -> list[_Job]:
+    return [
+        _Job("sum", _add, lambda r: (r["a"], r["b"]), 1, deps=("a", "b")),
+        _Job("a", _square, _given(3), 2),
+        _Job("b", _square, _given(4), 2),
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jobs_run_after_their_dependencies_with_one_thread(workers: int) -> None:
+    events: list[tuple[str, int, int]] = []
+    results = _run_jobs(_graph(), workers=workers, stage="s", on_progress=lambda *e: events.append(e))
+    assert list(results) == ["sum", "a", "b"]  # The order of the jobs, not of their completion.
+    assert results["sum"]["value"].tolist() == [25.0] * 3
+    assert {r["threads"] for r in results.values()} == {1}
+    assert events[0] == ("s", 0, 5) and events[-1] == ("s", 5, 5)
+    done = [e[1] for e in events]
+    assert done == sorted(done)  # Progress never goes back.
+
+
+def test_a_failing_job_stops_the_others() -> None:
+    jobs = [_Job("slow", _sleep, _given(60.0), 1), _Job("bad", _fail, _given(), 1)]
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="fails on purpose"):
+        _run_jobs(jobs, workers=2, stage="s", on_progress=lambda *e: None)
+    assert time.monotonic() - start < 30  # The 60 s job was stopped, not waited for.
+
+
+def test_bad_job_graphs() -> None:
+    with pytest.raises(ValueError, match="Bad job graph"):
+        _run_jobs([_Job("a", _square, _given(1), 1, deps=("nope",))], workers=1, stage="s",
+                  on_progress=lambda *e: None)
+    with pytest.raises(ValueError, match="at least one worker"):
+        _run_jobs(_graph(), workers=0, stage="s", on_progress=lambda *e: None)
+
+
+def test_parts_measure_what_one_run_measures() -> None:
+    """Flip rates of one attribute and DT parts of one (primal, condition) equal the whole run."""
+    pack = load_pack(DEFAULT_PACK_PATH, "cpu")
+    settings: dict[str, Any] = {"num": 3, "steps": 2, "step": 0.3, "truncation_psi": 0.7, "seed": 5}
+    names = ["smiling", "male", "pose"]
+    whole = flip_rates(pack, lambda1=0.75, lambda2=0.0, attributes=names, **settings)
+    male = flip_rates(pack, lambda1=0.75, lambda2=0.0, attributes=["male"], **settings)
+    assert male == {"male": whole["male"]}
+
+    methods = METHODS[:2]
+    one = dt_comparison(pack, methods=methods, attributes=names, **settings)
+    parts = merge_dt([
+        dt_comparison(pack, methods=methods, attributes=names, primals=[p], conditions=[c], **settings)
+        for p in names for c in names if c != p
+    ])
+    assert _same_rows(parts["pairs"], one["pairs"])  # The same rows in the same order.
+    assert _same_rows(parts["methods"], one["methods"])
+    with pytest.raises(ValueError, match="Unknown conditions"):
+        dt_comparison(pack, methods=methods, attributes=names, conditions=["bald"], **settings)
+
+
+def _same_rows(a: Any, b: Any) -> bool:
+    """Equal, with NaN equal to NaN (a matched range without overlap)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_rows(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        if not isinstance(b, list) or len(a) != len(b):
+            return False
+        return all(_same_rows(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
