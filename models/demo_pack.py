@@ -80,6 +80,9 @@ class DemoPackConfig:
 
     seed: int = 0
     img_resolution: int = 64
+    # Standard deviations of W along the attribute axes (`ProceduralGenerator(attribute_scales=...)`):
+    # None keeps W isotropic, where principal components carry no attribute (GANSpace finds nothing).
+    world_attribute_scales: tuple[float, ...] | None = None
     # Classifiers (trained on fresh renders; psi drawn per face from the range).
     batch_size: int = 64
     lr: float = 2e-3
@@ -661,7 +664,9 @@ def _run_jobs(jobs: Sequence[_Job], *, workers: int, stage: str, on_progress: Pr
 
 
 def _world(config: DemoPackConfig) -> ProceduralGenerator:
-    G = ProceduralGenerator(img_resolution=config.img_resolution, seed=config.seed)
+    G = ProceduralGenerator(
+        img_resolution=config.img_resolution, seed=config.seed, attribute_scales=config.world_attribute_scales
+    )
     return G.eval().requires_grad_(False)
 
 

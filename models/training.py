@@ -54,6 +54,8 @@ class LabelledGenerator(Protocol):
 
     def synthesis(self, ws: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
 
+    def mapping(self, z: torch.Tensor, c: torch.Tensor | None, **kwargs: Any) -> torch.Tensor: ...
+
     def attribute_labels(self, ws: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     def attribute_logits(self, ws: torch.Tensor) -> dict[str, torch.Tensor]: ...
@@ -91,13 +93,13 @@ def sample_training_ws(
 ) -> torch.Tensor:
     """Sample `w+` codes, each truncated by its own psi drawn uniformly from a range.
 
-        z ~ N(0, I),  psi_i ~ U[low, high],  ws_i = w_avg + psi_i * (z_i - w_avg)  (on every row)
+        z ~ N(0, I),  psi_i ~ U[low, high],  ws_i = w_avg + psi_i * (mapping(z_i) - w_avg)  (every row)
 
-    The mapping of the procedural world is the identity, so `w = z`; psi > 1 reaches beyond the
-    typical set, as edits do.
+    (The procedural world's mapping is the identity, or a stretch along its attribute axes.) psi > 1
+    reaches beyond the typical set, as edits do.
 
     Args:
-        G: Generator with `z_dim`, `w_dim`, `num_ws` and `w_avg`, on `device`.
+        G: Generator with `mapping`, `z_dim`, `w_dim`, `num_ws` and `w_avg`, on `device`.
         n: Number of codes.
         truncation_psi: A fixed psi, or `(low, high)` to draw one per code.
         generator: Source of randomness (z and psi are drawn on its device).
@@ -107,17 +109,17 @@ def sample_training_ws(
         `[n, num_ws, w_dim]` float32 latents.
 
     Raises:
-        ValueError: On n < 1, a bad psi range, or `z_dim != w_dim` (not an identity mapping).
+        ValueError: On n < 1 or a bad psi range.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if G.z_dim != G.w_dim:
-        raise ValueError(f"Need an identity mapping (z_dim == w_dim), got z_dim={G.z_dim}, w_dim={G.w_dim}")
     low, high = _check_psi(truncation_psi)
-    z = torch.randn((n, G.w_dim), generator=generator, device=generator.device)  # [N, D]
+    z = torch.randn((n, G.z_dim), generator=generator, device=generator.device)  # [N, Z]
     psi = low + (high - low) * torch.rand((n, 1), generator=generator, device=generator.device)  # [N, 1]
+    with torch.no_grad():
+        mapped = G.mapping(z.to(G.w_avg.device), None)[:, 0].to(z.device)  # [N, D], untruncated
     w_avg = G.w_avg.to(z.device)
-    w = w_avg + psi * (z - w_avg)  # [N, D]
+    w = w_avg + psi * (mapped - w_avg)  # [N, D]
     return w.to(device).unsqueeze(1).repeat(1, G.num_ws, 1)  # [N, L, D]
 
 

@@ -10,7 +10,11 @@ scored against ground truth.
 World, from latent to picture:
 
 1. Mapping: `w = z` (isotropic, `w_avg = 0`), broadcast to `num_ws` rows, then StyleGAN's truncation
-   `w_avg.lerp(w, psi)` on all rows or on the first `truncation_cutoff` ones.
+   `w_avg.lerp(w, psi)` on all rows or on the first `truncation_cutoff` ones. With `attribute_scales`
+   W is stretched along each attribute's axis (the unit sum of its subfactor directions) to that
+   standard deviation, `w = M z`, as a trained mapping network gives W more variance along what
+   matters (GANSpace's premise); the synthesis reads the factors through `M^-1`, so the faces and their
+   truths, as functions of z, do not change.
 2. Factors: the rows are averaged within three groups, as StyleGAN's layers divide the work: the
    coarse rows (the first ~40 %) decide pose and head shape, the middle rows the facial features and
    the attributes, the fine rows (the last ~20 %, at least one) the colours. Each named factor is the
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -255,16 +260,34 @@ def row_groups(num_ws: int) -> dict[str, list[int]]:
     }
 
 
+def _attribute_axes(
+    basis: torch.Tensor, attribute_scales: Sequence[float] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each attribute's axis in W, the unit sum of its subfactor directions (`basis` `[F, C]`, float64,
+    orthonormal rows), and the checked standard deviations of W along the axes."""
+    rows = [[_FACTOR_INDEX[f"{attr}.{j}"] for j in range(NUM_SUBFACTORS)] for attr in ATTRIBUTES]
+    axes = torch.stack([basis[r].sum(0) / math.sqrt(NUM_SUBFACTORS) for r in rows])
+    if attribute_scales is None:
+        return axes.to(torch.float32), torch.ones([len(ATTRIBUTES)])
+    values = [float(v) for v in attribute_scales]
+    if len(values) != len(ATTRIBUTES) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"attribute_scales needs {len(ATTRIBUTES)} positive numbers, got {attribute_scales}")
+    return axes.to(torch.float32), torch.tensor(values)
+
+
 # ----------------------------------------------------------------------------
 # Mapping.
 
 
 @record_init_kwargs
 class ProceduralMapping(torch.nn.Module):
-    """Z -> W: the identity (W is isotropic, `w_avg = 0`), broadcast to `num_ws` rows, then truncation."""
+    """Z -> W: the identity (W is isotropic, `w_avg = 0`) or a stretch along the attribute axes
+    (`stretch`), broadcast to `num_ws` rows, then truncation."""
 
     init_kwargs: dict[str, Any]  # Set by @record_init_kwargs.
     w_avg: torch.Tensor
+    attribute_axes: torch.Tensor
+    attribute_scales: torch.Tensor
 
     def __init__(
         self,
@@ -285,6 +308,16 @@ class ProceduralMapping(torch.nn.Module):
         self.w_dim = w_dim
         self.num_ws = num_ws
         self.register_buffer("w_avg", torch.zeros([w_dim]))
+        self.register_buffer("attribute_axes", torch.zeros([0, w_dim]), persistent=False)
+        self.register_buffer("attribute_scales", torch.zeros([0]), persistent=False)
+
+    def stretch(self, axes: torch.Tensor, scales: torch.Tensor) -> None:
+        """Make W anisotropic: `w = M z`, `M = I + sum_a (s_a - 1) a a^T` for orthonormal axes `[A, w_dim]`
+        and standard deviations `scales` `[A]` (the synthesis undoes M, so the faces stay the same)."""
+        assert_shape(axes, [None, self.w_dim])
+        assert_shape(scales, [axes.shape[0]])
+        self.attribute_axes = axes.detach().clone()
+        self.attribute_scales = scales.detach().clone()
 
     def forward(
         self,
@@ -307,7 +340,10 @@ class ProceduralMapping(torch.nn.Module):
             `ws` of shape `[N, num_ws, w_dim]`.
         """
         assert_shape(z, [None, self.z_dim])
-        ws = z.to(torch.float32).unsqueeze(1).repeat([1, self.num_ws, 1])  # [N, L, C]
+        w = z.to(torch.float32)
+        if self.attribute_axes.shape[0]:
+            w = w + ((w @ self.attribute_axes.T) * (self.attribute_scales - 1)) @ self.attribute_axes
+        ws = w.unsqueeze(1).repeat([1, self.num_ws, 1])  # [N, L, C]
         if truncation_psi != 1:
             if truncation_cutoff is None:
                 ws = self.w_avg.lerp(ws, truncation_psi)
@@ -410,6 +446,8 @@ class ProceduralSynthesis(torch.nn.Module):
     attribute_bias: torch.Tensor
     coupling_gain: torch.Tensor
     gate_sharpness: torch.Tensor
+    attribute_axes: torch.Tensor
+    attribute_scales: torch.Tensor
     row_weights: torch.Tensor
     factor_group: torch.Tensor
 
@@ -420,6 +458,7 @@ class ProceduralSynthesis(torch.nn.Module):
         img_channels: int = 3,  # Number of color channels; must be 3.
         seed: int = 0,  # Seed of the fixed random geometry (the factor directions in W).
         edge_width: float = 1.0,  # Width of the anti-aliased edges in pixels (10 % to 90 % coverage).
+        attribute_scales: Sequence[float] | None = None,  # Std of W along each attribute axis (None: 1).
     ) -> None:
         super().__init__()
         if img_resolution < 8 or img_resolution & (img_resolution - 1) != 0:
@@ -441,6 +480,10 @@ class ProceduralSynthesis(torch.nn.Module):
         gen = torch.Generator().manual_seed(seed)
         basis, _ = torch.linalg.qr(torch.randn([w_dim, len(FACTORS)], generator=gen, dtype=torch.float64))
         self.register_buffer("directions", basis.T.contiguous().to(torch.float32))  # [F, C]
+        axes, scales = _attribute_axes(basis.T, attribute_scales)
+        self.anisotropic = attribute_scales is not None
+        self.register_buffer("attribute_axes", axes, persistent=False)  # [A, C], derived from `seed`
+        self.register_buffer("attribute_scales", scales, persistent=False)  # [A]
 
         # Attribute logits: linear part and couplings.
         num_attrs = len(ATTRIBUTES)
@@ -484,7 +527,11 @@ class ProceduralSynthesis(torch.nn.Module):
         """
         assert_shape(ws, [None, self.num_ws, self.w_dim])
         group_means = torch.einsum("gl,nlc->ngc", self.row_weights, ws.to(torch.float32))  # [N, 3, C]
-        proj = torch.einsum("ngc,fc->ngf", group_means, self.directions)  # [N, 3, F]
+        readout = self.directions
+        if self.anisotropic:  # Undo the mapping's stretch: project onto M^-1 u_f (M is symmetric).
+            shrink = 1 - 1 / self.attribute_scales  # [A]
+            readout = readout - ((readout @ self.attribute_axes.T) * shrink) @ self.attribute_axes
+        proj = torch.einsum("ngc,fc->ngf", group_means, readout)  # [N, 3, F]
         index = self.factor_group.view(1, 1, -1).expand(ws.shape[0], 1, -1)
         return proj.gather(1, index).squeeze(1)  # [N, F]
 
@@ -830,6 +877,7 @@ class ProceduralGenerator(torch.nn.Module):
         img_channels: int = 3,  # Number of output color channels; must be 3.
         seed: int = 0,  # Seed of the fixed random geometry (directions in W).
         edge_width: float = 1.0,  # Width of anti-aliased edges in pixels.
+        attribute_scales: Sequence[float] | None = None,  # Std of W along each attribute axis (None: 1).
     ) -> None:
         super().__init__()
         self.z_dim = z_dim
@@ -839,10 +887,12 @@ class ProceduralGenerator(torch.nn.Module):
         self.img_channels = img_channels
         self.synthesis = ProceduralSynthesis(
             w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, seed=seed,
-            edge_width=edge_width,
+            edge_width=edge_width, attribute_scales=attribute_scales,
         )
         self.num_ws = self.synthesis.num_ws
         self.mapping = ProceduralMapping(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws)
+        if attribute_scales is not None:
+            self.mapping.stretch(self.synthesis.attribute_axes, self.synthesis.attribute_scales)
 
     @property
     def w_avg(self) -> torch.Tensor:

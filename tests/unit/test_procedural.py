@@ -205,3 +205,46 @@ def test_bias_table_is_json_and_matches_the_world(G: ProceduralGenerator) -> Non
     for a, b in itertools.combinations(ATTRIBUTES, 2):
         target = BIAS_TABLE["phi"].get(f"{a}|{b}", 0.0)
         assert abs(phi[ATTRIBUTES.index(a), ATTRIBUTES.index(b)] - target) < 0.025, (a, b)
+
+
+SCALES = (1.8, 1.65, 1.5, 1.35, 1.2)
+
+
+def test_stretched_w_draws_the_same_faces() -> None:
+    """`attribute_scales` stretches W along the attribute axes and the synthesis undoes it: the same z
+    gives other latents but the same faces and truths, and the state dict does not change."""
+    plain = ProceduralGenerator(z_dim=64, w_dim=64, img_resolution=32).eval()
+    stretched = ProceduralGenerator(z_dim=64, w_dim=64, img_resolution=32, attribute_scales=SCALES).eval()
+    z = torch.randn([6, 64], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ws_plain = plain.mapping(z, truncation_psi=0.7)
+        ws_stretched = stretched.mapping(z, truncation_psi=0.7)
+        assert (ws_plain - ws_stretched).abs().max() > 0.1
+        assert torch.allclose(plain.synthesis(ws_plain), stretched.synthesis(ws_stretched), atol=1e-5)
+        for name, logit in plain.attribute_logits(ws_plain).items():
+            assert torch.allclose(logit, stretched.attribute_logits(ws_stretched)[name], atol=1e-5)
+        assert torch.equal(plain.mapping(z)[:, 0], z)  # Without scales W is Z.
+    assert plain.state_dict().keys() == stretched.state_dict().keys()
+    assert all(torch.equal(v, stretched.state_dict()[k]) for k, v in plain.state_dict().items())
+    with pytest.raises(ValueError, match="attribute_scales"):
+        ProceduralGenerator(z_dim=64, w_dim=64, img_resolution=32, attribute_scales=(1.0, 2.0))
+    with pytest.raises(ValueError, match="attribute_scales"):
+        ProceduralGenerator(z_dim=64, w_dim=64, img_resolution=32, attribute_scales=(1, 1, 1, 1, 0))
+
+
+def test_principal_components_of_stretched_w_are_the_attribute_axes() -> None:
+    """What GANSpace needs: with distinct scales, the top principal components of sampled w are the
+    attribute axes, in the order of their scales; each axis is an attribute's true direction in W."""
+    G = ProceduralGenerator(z_dim=64, w_dim=64, img_resolution=32, attribute_scales=SCALES).eval()
+    z = torch.randn([20_000, 64], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    w = G.mapping(z.float())[:, 0].double()
+    _, _, v = torch.linalg.svd(w - w.mean(0), full_matrices=False)
+    axes = G.synthesis.attribute_axes.double()
+    for i in range(len(ATTRIBUTES)):
+        assert abs(float(v[i] @ axes[i])) > 0.97, i
+    # The true logit of an attribute without mixing terms grows along its axis, at 1 / scale per unit.
+    ws = G.mapping(z[:8].float())
+    offset = torch.zeros([8, 64], requires_grad=True)
+    (grad,) = torch.autograd.grad(G.attribute_logits(ws + offset.unsqueeze(1))["pose"].sum(), offset)
+    pose_axis = axes[ATTRIBUTES.index("pose")].float()
+    assert float(torch.nn.functional.normalize(grad, dim=1).mean(0) @ pose_axis) > 0.5
