@@ -74,7 +74,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         try:
             value = json.loads(text)
         except ValueError:
-            raise CliError(f"--set {pair!r}: the value must be JSON (a number, a list, ...)") from None
+            if fields[name].type != "str":
+                raise CliError(f"--set {pair!r}: the value must be JSON (a number, a list, ...)") from None
+            value = text  # A bare word for a text field: --set weights_dtype=float32.
         result[name] = tuple(value) if isinstance(value, list) else value
     return result
 

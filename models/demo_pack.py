@@ -51,7 +51,7 @@ from models.ials import EditAttribute, edit, instance_specific_direction
 from models.networks.classifier import AttributeClassifier
 from models.networks.encoder import LatentEncoder
 from models.networks.procedural import ATTRIBUTES, BIAS_TABLE, ProceduralGenerator
-from models.pack import ModelPack, PackAttribute, load_pack, save_pack
+from models.pack import WEIGHTS_DTYPES, ModelPack, PackAttribute, load_pack, round_to_dtype, save_pack
 from models.training import (
     averaged_direction,
     classifier_accuracy,
@@ -81,13 +81,14 @@ class DemoPackConfig:
     seed: int = 0
     img_resolution: int = 64
     # Standard deviations of W along the attribute axes (`ProceduralGenerator(attribute_scales=...)`):
-    # None keeps W isotropic, where principal components carry no attribute (GANSpace finds nothing).
-    world_attribute_scales: tuple[float, ...] | None = None
+    # None keeps W isotropic, where principal components carry no attribute (GANSpace finds nothing);
+    # stretched, the top components are the attribute axes, as GANSpace assumes of a real W.
+    world_attribute_scales: tuple[float, ...] | None = (1.8, 1.65, 1.5, 1.35, 1.2)
     # Classifiers (trained on fresh renders; psi drawn per face from the range).
     batch_size: int = 64
     lr: float = 2e-3
     steering_width: int = 16
-    steering_steps: int = 1500
+    steering_steps: int = 2500
     steering_psi: tuple[float, float] = (0.7, 1.4)
     # Graded targets sigmoid(s * true logit): the margin keeps growing with the attribute, so the
     # latent gradient that IALS steers by points where the attribute grows (None = hard labels).
@@ -124,6 +125,9 @@ class DemoPackConfig:
     dt_faces: int = 200
     encoder_faces: int = 50
     sheet_faces: int = 32
+    # Storage of the classifiers' and the encoder's weights; each job rounds its trained weights to
+    # it, so directions, step and every measurement see exactly what the pack holds.
+    weights_dtype: str = "float16"
 
 
 @dataclass
@@ -701,7 +705,7 @@ def _job_classifiers(
         chosen, _world(config), config, steps=settings["steps"], psi=settings["psi"], seed=settings["seed"],
         label_sharpness=settings["label_sharpness"], progress=progress,
     )
-    return {"state": {name: c.state_dict() for name, c in chosen.items()}, "losses": losses,
+    return {"state": {name: _stored(c.state_dict(), config) for name, c in chosen.items()}, "losses": losses,
             "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -716,7 +720,21 @@ def _job_encoder(config: DemoPackConfig, *, progress: Callable[[int, int], None]
         truncation_psi=config.encoder_psi, generator=_seeded(config.seed + 41), device="cpu",
         on_step=progress,
     )
-    return {"state": encoder.state_dict(), "seconds": round(time.perf_counter() - start, 1)}
+    return {"state": _stored(encoder.state_dict(), config), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _weights_dtype(config: DemoPackConfig) -> torch.dtype:
+    dtype = getattr(torch, config.weights_dtype, None)
+    if dtype not in WEIGHTS_DTYPES:
+        names = [str(d).removeprefix("torch.") for d in WEIGHTS_DTYPES]
+        raise ValueError(f"weights_dtype must be one of {names}, got {config.weights_dtype!r}")
+    assert isinstance(dtype, torch.dtype)
+    return dtype
+
+
+def _stored(state: Mapping[str, torch.Tensor], config: DemoPackConfig) -> dict[str, torch.Tensor]:
+    """Trained weights rounded to the pack's storage dtype (and kept in their own dtype)."""
+    return round_to_dtype(state, _weights_dtype(config))
 
 
 def _directions_job_units(config: DemoPackConfig) -> int:
@@ -804,6 +822,7 @@ def build_demo_pack(
         The report written to `out/report.json`.
     """
     config = config or DemoPackConfig()
+    _weights_dtype(config)  # A bad dtype fails now, not after the training.
     workers = default_jobs() if jobs is None else jobs
     if workers < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -867,6 +886,7 @@ def build_demo_pack(
     save_pack(
         out, name="demo", generator=G, generator_kind="procedural", attributes=attributes,
         defaults=_defaults(config, step), extra=extra, encoder=encoder, overwrite=True,
+        weights_dtype=_weights_dtype(config),
         description=(
             "The embedded demo pack: a differentiable procedural face world (64 px) with known, biased "
             "attributes, built by `ials build-demo-pack`. Not a GAN trained on photos: use "

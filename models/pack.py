@@ -49,8 +49,10 @@ __all__ = [
     "ModelPack",
     "PackAttribute",
     "PackError",
+    "WEIGHTS_DTYPES",
     "generator_class",
     "load_pack",
+    "round_to_dtype",
     "save_pack",
     "verify_pack",
 ]
@@ -63,6 +65,8 @@ DIRECTIONS_WEIGHTS = "directions.safetensors"
 ENCODER_WEIGHTS = "encoder.safetensors"
 
 DIRECTION_KINDS = ("interfacegan", "averaged", "ganspace")
+# Storage dtypes of the classifiers' and the encoder's weights (`save_pack(weights_dtype=...)`).
+WEIGHTS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Editing defaults of the paper (section 3.3 and Table 1).
 DEFAULTS: dict[str, Any] = {
@@ -209,11 +213,14 @@ def save_pack(
     extra: Mapping[str, Any] | None = None,
     encoder: LatentEncoder | None = None,
     overwrite: bool = False,
+    weights_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a model pack folder atomically.
 
     The pack is written into a temporary folder next to `path`, then renamed. Tensors are stored on
-    CPU, contiguous, unshared, and floating ones as float32. Directions are normalised to unit norm.
+    CPU, contiguous and unshared. Floating tensors are float32, except the classifiers' and the
+    encoder's, which are stored as `weights_dtype` (`load_pack` builds float32 modules from them).
+    Directions are normalised to unit norm.
 
     Args:
         path: The pack folder to create.
@@ -228,6 +235,9 @@ def save_pack(
         extra: Free JSON metadata.
         encoder: Optional image -> w+ encoder of this generator (same `num_ws`, `w_dim`).
         overwrite: Replace an existing non-empty folder at `path`.
+        weights_dtype: Storage dtype of the classifiers' and the encoder's floating tensors:
+            float32 (default), float16 or bfloat16. Half precision halves the pack; round the
+            modules to it first (`round_to_dtype`) where later steps must see the stored values.
 
     Returns:
         The pack folder.
@@ -237,6 +247,8 @@ def save_pack(
         FileExistsError: If `path` is a file, or a non-empty folder and `overwrite` is False.
     """
     target = Path(path)
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {list(WEIGHTS_DTYPES)}, got {weights_dtype}")
     cls = generator_class(generator_kind)
     if type(generator) is not cls:
         raise ValueError(
@@ -273,7 +285,7 @@ def save_pack(
             weights = f"classifiers/{attr_name}.{role}.safetensors"
             kwargs = _json_copy(_init_kwargs(classifier, f"{at} {role}"), f"{at} {role} kwargs")
             entry[role] = {"kwargs": kwargs, "weights": weights}
-            classifier_states[weights] = _cpu_state(classifier)
+            classifier_states[weights] = _cpu_state(classifier, weights_dtype)
         for kind, direction in attr.directions.items():
             if kind not in DIRECTION_KINDS:
                 raise ValueError(f"{at}: unknown direction kind {kind!r}; expected one of {DIRECTION_KINDS}")
@@ -296,7 +308,7 @@ def save_pack(
         _check_encoder_fits(encoder, generator, f"{where}: encoder", ValueError)
         kwargs = _json_copy(_init_kwargs(encoder, f"{where}: encoder"), f"{where}: encoder kwargs")
         encoder_manifest = {"kwargs": kwargs, "weights": ENCODER_WEIGHTS}
-        encoder_state[ENCODER_WEIGHTS] = _cpu_state(encoder)
+        encoder_state[ENCODER_WEIGHTS] = _cpu_state(encoder, weights_dtype)
     defaults_manifest = _checked_defaults(dict(defaults or {}), f"{where}: defaults", ValueError)
     _check_default_direction_kind(defaults_manifest, attributes_manifest, f"{where}: defaults", ValueError)
 
@@ -363,15 +375,23 @@ def _replace_folder(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict on CPU, contiguous and unshared (safetensors refuses shared storage), floats as float32."""
+def _cpu_state(module: nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """State dict on CPU, contiguous and unshared (safetensors refuses shared storage), floats as `dtype`."""
     state: dict[str, torch.Tensor] = {}
     for key, tensor in module.state_dict().items():
         tensor = tensor.detach().to("cpu")
         if tensor.is_floating_point():
-            tensor = tensor.to(torch.float32)
+            tensor = tensor.to(dtype)
         state[key] = tensor.contiguous().clone()
     return state
+
+
+def round_to_dtype(state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`state` with its floating tensors rounded to `dtype` and back (same dtypes, stored values)."""
+    return {
+        key: tensor.to(dtype).to(tensor.dtype) if tensor.is_floating_point() else tensor
+        for key, tensor in state.items()
+    }
 
 
 def _init_kwargs(module: nn.Module, where: str) -> dict[str, Any]:

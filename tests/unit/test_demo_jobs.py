@@ -101,3 +101,27 @@ def _same_rows(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return bool(a == b)
+
+
+def test_bad_weights_dtype_fails_before_training(tmp_path: Any) -> None:
+    from models.demo_pack import DemoPackConfig, build_demo_pack
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        build_demo_pack(tmp_path / "pack", DemoPackConfig(weights_dtype="int8"), jobs=1)
+    assert time.perf_counter() - start < 5
+    assert not (tmp_path / "pack").exists()
+
+
+def test_cli_set_takes_json_and_bare_words_for_text_fields() -> None:
+    from cli.build_demo_pack import _overrides
+    from cli.common import CliError
+
+    assert _overrides(["steering_steps=200", "weights_dtype=float32", "step_grid=[0.1, 0.2]"]) == {
+        "steering_steps": 200, "weights_dtype": "float32", "step_grid": (0.1, 0.2),
+    }
+    assert _overrides(['weights_dtype="bfloat16"']) == {"weights_dtype": "bfloat16"}
+    with pytest.raises(CliError, match="must be JSON"):
+        _overrides(["steering_steps=many"])
+    with pytest.raises(CliError, match="expected NAME=VALUE"):
+        _overrides(["no_such_field=1"])

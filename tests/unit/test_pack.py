@@ -26,6 +26,7 @@ from models.pack import (
     PackAttribute,
     PackError,
     load_pack,
+    round_to_dtype,
     save_pack,
     verify_pack,
 )
@@ -683,3 +684,65 @@ def test_encoder_must_fit_the_generator(
     edit_manifest(path, lambda m: m["encoder"]["kwargs"].update(num_ws=generator.num_ws, bogus=1))
     with pytest.raises(PackError, match="encoder.kwargs"):
         load_pack(path, "cpu")
+
+
+# ----------------------------------------------------------------------------
+# Half-precision storage of the classifiers and the encoder.
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights(
+    tmp_path: Path, generator: Generator, attributes: dict[str, PackAttribute], dtype: torch.dtype
+) -> None:
+    encoder = tiny_encoder(generator)
+    full = save_pack(
+        tmp_path / "full", name="e", description="d", generator=generator, generator_kind="stylegan2",
+        attributes=attributes, encoder=encoder,
+    )
+    half = save_pack(
+        tmp_path / "half", name="e", description="d", generator=generator, generator_kind="stylegan2",
+        attributes=attributes, encoder=encoder, weights_dtype=dtype,
+    )
+    # Classifiers and encoder are stored in `dtype` (about half the bytes); generator and directions
+    # stay float32, and the integer BatchNorm counters stay integers.
+    for rel in read_manifest(half)["files"]:
+        stored = safetensors.torch.load_file(str(half / rel))
+        halved = rel.startswith("classifiers/") or rel == "encoder.safetensors"
+        for key, tensor in stored.items():
+            if key.endswith("num_batches_tracked"):
+                assert tensor.dtype == torch.int64, (rel, key)
+            else:
+                assert tensor.dtype == (dtype if halved else torch.float32), (rel, key)
+        ratio = (half / rel).stat().st_size / (full / rel).stat().st_size
+        assert (ratio < 0.55) if halved else (ratio == 1.0), (rel, ratio)
+
+    # They load as float32 modules holding exactly the rounded weights.
+    pack = load_pack(half, "cpu")
+    for name, attr in attributes.items():
+        for role in ("steering", "evaluator"):
+            original, got = getattr(attr, role), getattr(pack.attributes[name], role)
+            if original is None:
+                continue
+            expected = round_to_dtype(original.state_dict(), dtype)
+            for key, tensor in got.state_dict().items():
+                assert tensor.dtype == expected[key].dtype and torch.equal(tensor, expected[key]), key
+    assert pack.encoder is not None
+    rounded = round_to_dtype(encoder.state_dict(), dtype)
+    for key, tensor in pack.encoder.state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, rounded[key]), key
+
+    # Rounded first, a module gives the same outputs from memory and from the pack.
+    encoder.load_state_dict(round_to_dtype(encoder.state_dict(), dtype))
+    images = generator.synthesis(torch.randn(2, generator.num_ws, W_DIM), noise_mode="const")
+    assert torch.equal(pack.encoder(images), encoder(images))
+
+
+def test_weights_dtype_is_checked(
+    tmp_path: Path, generator: Generator, attributes: dict[str, PackAttribute]
+) -> None:
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        save_pack(
+            tmp_path / "p", name="e", description="d", generator=generator, generator_kind="stylegan2",
+            attributes=attributes, weights_dtype=torch.float64,
+        )
+    assert not (tmp_path / "p").exists()
