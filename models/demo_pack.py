@@ -13,7 +13,8 @@ encoder, with a measured report and a picture sheet.
                 steering scores);
 5. encoder      image -> `w+` start code for inversions (`models.inversion.train_encoder`);
 6. step         the default step size: the smallest of `config.step_grid` at which a 20-step IALS edit
-                flips the ground-truth label of every attribute, both ways, on >= `step_target` of faces;
+                flips the ground-truth label of every attribute, by every direction kind, both ways, on
+                >= `step_target` of faces;
 7. save         `models.pack.save_pack`, then the pack is reloaded through `load_pack` (hashes checked);
 8. measure      classifier accuracy, attribute statistics against the bias table (2,000 faces, and
                 the population of 400,000 labels), flip rates of every direction kind, the DT
@@ -51,7 +52,15 @@ from models.ials import EditAttribute, edit, instance_specific_direction
 from models.networks.classifier import AttributeClassifier
 from models.networks.encoder import LatentEncoder
 from models.networks.procedural import ATTRIBUTES, BIAS_TABLE, ProceduralGenerator
-from models.pack import WEIGHTS_DTYPES, ModelPack, PackAttribute, load_pack, round_to_dtype, save_pack
+from models.pack import (
+    DIRECTION_KINDS,
+    WEIGHTS_DTYPES,
+    ModelPack,
+    PackAttribute,
+    load_pack,
+    round_to_dtype,
+    save_pack,
+)
 from models.training import (
     averaged_direction,
     classifier_accuracy,
@@ -277,16 +286,33 @@ def _new_encoder(G: ProceduralGenerator, config: DemoPackConfig) -> LatentEncode
 def _choose_step(
     pack: ModelPack, config: DemoPackConfig, on_progress: ProgressFn
 ) -> tuple[float, dict[str, Any]]:
-    """The smallest step of the grid whose worst flip rate (interfacegan, no condition) meets the target."""
+    """The smallest step of the grid at which every attribute, direction kind and sign flips at least
+    `step_target` of the faces (no condition).
+
+    A step stops being measured at its first rate under the target (GANSpace, the weakest kind, is
+    measured first), so `measured` holds every rate of the chosen step and the failing one of each
+    smaller step."""
     measured: dict[str, Any] = {}
     chosen = config.step_grid[-1]
+    kinds = list(reversed(DIRECTION_KINDS))  # ganspace, averaged, interfacegan
     for i, step in enumerate(config.step_grid):
-        rates = flip_rates(
-            pack, num=config.step_faces, steps=config.steps, step=step, lambda1=config.lambda1,
-            lambda2=config.lambda2, truncation_psi=config.truncation_psi, seed=config.seed + 50,
-            direction_kinds=["interfacegan"],
-        )
-        worst = min(r for kinds in rates.values() for signs in kinds.values() for r in signs.values())
+        rates: dict[str, dict[str, dict[str, float]]] = {}
+        worst = 1.0
+        for kind in kinds:
+            for name in pack.attributes:
+                if kind not in pack.attributes[name].directions:
+                    continue
+                got = flip_rates(
+                    pack, num=config.step_faces, steps=config.steps, step=step, lambda1=config.lambda1,
+                    lambda2=config.lambda2, truncation_psi=config.truncation_psi, seed=config.seed + 50,
+                    direction_kinds=[kind], attributes=[name],
+                )
+                rates.setdefault(name, {})[kind] = got[name][kind]
+                worst = min(worst, *got[name][kind].values())
+                if worst < config.step_target:
+                    break
+            if worst < config.step_target:
+                break
         measured[str(step)] = {"worst": worst, "rates": rates}
         on_progress("step size", i + 1, len(config.step_grid))
         if worst >= config.step_target:
