@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     from models.demo_pack import DemoPackConfig
 
     fields = {f.name: f for f in dataclasses.fields(DemoPackConfig)}
+    hints = typing.get_type_hints(DemoPackConfig)
     result: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
@@ -74,7 +76,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         try:
             value = json.loads(text)
         except ValueError:
-            if fields[name].type != "str":
+            if hints[name] is not str:
                 raise CliError(f"--set {pair!r}: the value must be JSON (a number, a list, ...)") from None
             value = text  # A bare word for a text field: --set weights_dtype=float32.
         result[name] = tuple(value) if isinstance(value, list) else value
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{out} exists and is not an empty folder; pass --overwrite to replace it")
     try:
         config = DemoPackConfig(**base)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None
 
     bars: dict[str, Any] = {}

@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,6 +138,9 @@ class DemoPackConfig:
     # Storage of the classifiers' and the encoder's weights; each job rounds its trained weights to
     # it, so directions, step and every measurement see exactly what the pack holds.
     weights_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        _weights_dtype(self)  # A bad dtype fails here, not after the training.
 
 
 @dataclass
@@ -289,9 +293,11 @@ def _choose_step(
     """The smallest step of the grid at which every attribute, direction kind and sign flips at least
     `step_target` of the faces (no condition).
 
-    A step stops being measured at its first rate under the target (GANSpace, the weakest kind, is
-    measured first), so `measured` holds every rate of the chosen step and the failing one of each
-    smaller step."""
+    A step stops being measured at its first attribute and kind with a rate under the target
+    (GANSpace, the weakest kind, is measured first): `measured[step]["rates"]` holds every rate of the
+    chosen step, and of each smaller step the rates measured up to that miss, and `"worst"` is the
+    lowest of the rates measured (the miss, below the target, for the smaller steps). When no step of
+    the grid reaches the target, the largest is chosen, with a warning."""
     measured: dict[str, Any] = {}
     chosen = config.step_grid[-1]
     kinds = list(reversed(DIRECTION_KINDS))  # ganspace, averaged, interfacegan
@@ -318,6 +324,12 @@ def _choose_step(
         if worst >= config.step_target:
             chosen = step
             break
+    else:
+        warnings.warn(
+            f"no step of {list(config.step_grid)} flips every attribute, direction kind and sign on "
+            f">= {config.step_target:.0%} of faces; the default step is the largest, {chosen}",
+            stacklevel=2,
+        )
     return chosen, measured
 
 
@@ -731,8 +743,8 @@ def _job_classifiers(
         chosen, _world(config), config, steps=settings["steps"], psi=settings["psi"], seed=settings["seed"],
         label_sharpness=settings["label_sharpness"], progress=progress,
     )
-    return {"state": {name: _stored(c.state_dict(), config) for name, c in chosen.items()}, "losses": losses,
-            "seconds": round(time.perf_counter() - start, 1)}
+    state = {name: _stored(c.state_dict(), config, f"{role} {name!r}") for name, c in chosen.items()}
+    return {"state": state, "losses": losses, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _job_encoder(config: DemoPackConfig, *, progress: Callable[[int, int], None]) -> dict[str, Any]:
@@ -746,21 +758,20 @@ def _job_encoder(config: DemoPackConfig, *, progress: Callable[[int, int], None]
         truncation_psi=config.encoder_psi, generator=_seeded(config.seed + 41), device="cpu",
         on_step=progress,
     )
-    return {"state": _stored(encoder.state_dict(), config), "seconds": round(time.perf_counter() - start, 1)}
+    state = _stored(encoder.state_dict(), config, "encoder")
+    return {"state": state, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _weights_dtype(config: DemoPackConfig) -> torch.dtype:
-    dtype = getattr(torch, config.weights_dtype, None)
-    if dtype not in WEIGHTS_DTYPES:
-        names = [str(d).removeprefix("torch.") for d in WEIGHTS_DTYPES]
-        raise ValueError(f"weights_dtype must be one of {names}, got {config.weights_dtype!r}")
-    assert isinstance(dtype, torch.dtype)
-    return dtype
+    names = {str(d).removeprefix("torch."): d for d in WEIGHTS_DTYPES}
+    if not isinstance(config.weights_dtype, str) or config.weights_dtype not in names:
+        raise ValueError(f"weights_dtype must be one of {list(names)}, got {config.weights_dtype!r}")
+    return names[config.weights_dtype]
 
 
-def _stored(state: Mapping[str, torch.Tensor], config: DemoPackConfig) -> dict[str, torch.Tensor]:
+def _stored(state: Mapping[str, torch.Tensor], config: DemoPackConfig, where: str) -> dict[str, torch.Tensor]:
     """Trained weights rounded to the pack's storage dtype (and kept in their own dtype)."""
-    return round_to_dtype(state, _weights_dtype(config))
+    return round_to_dtype(state, _weights_dtype(config), where)
 
 
 def _directions_job_units(config: DemoPackConfig) -> int:

@@ -257,7 +257,7 @@ def save_pack(
         )
     where = "save_pack"
     generator_kwargs = _json_copy(_init_kwargs(generator, f"{where}: generator"), f"{where}: generator")
-    generator_state = _cpu_state(generator)
+    generator_state = _cpu_state(generator, where=f"{where}: generator")
     w_avg_name = GENERATOR_KINDS[generator_kind].w_avg
     w_dim = _int_attr(generator, "w_dim")
     if w_avg_name not in generator_state:
@@ -285,7 +285,7 @@ def save_pack(
             weights = f"classifiers/{attr_name}.{role}.safetensors"
             kwargs = _json_copy(_init_kwargs(classifier, f"{at} {role}"), f"{at} {role} kwargs")
             entry[role] = {"kwargs": kwargs, "weights": weights}
-            classifier_states[weights] = _cpu_state(classifier, weights_dtype)
+            classifier_states[weights] = _cpu_state(classifier, weights_dtype, f"{at} {role}")
         for kind, direction in attr.directions.items():
             if kind not in DIRECTION_KINDS:
                 raise ValueError(f"{at}: unknown direction kind {kind!r}; expected one of {DIRECTION_KINDS}")
@@ -308,7 +308,7 @@ def save_pack(
         _check_encoder_fits(encoder, generator, f"{where}: encoder", ValueError)
         kwargs = _json_copy(_init_kwargs(encoder, f"{where}: encoder"), f"{where}: encoder kwargs")
         encoder_manifest = {"kwargs": kwargs, "weights": ENCODER_WEIGHTS}
-        encoder_state[ENCODER_WEIGHTS] = _cpu_state(encoder, weights_dtype)
+        encoder_state[ENCODER_WEIGHTS] = _cpu_state(encoder, weights_dtype, f"{where}: encoder")
     defaults_manifest = _checked_defaults(dict(defaults or {}), f"{where}: defaults", ValueError)
     _check_default_direction_kind(defaults_manifest, attributes_manifest, f"{where}: defaults", ValueError)
 
@@ -375,21 +375,49 @@ def _replace_folder(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _cpu_state(module: nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """State dict on CPU, contiguous and unshared (safetensors refuses shared storage), floats as `dtype`."""
+def _cpu_state(
+    module: nn.Module, dtype: torch.dtype = torch.float32, where: str = ""
+) -> dict[str, torch.Tensor]:
+    """State dict on CPU, contiguous and unshared (safetensors refuses shared storage), floats as `dtype`.
+
+    Raises:
+        ValueError: If a floating tensor is not finite, or overflows `dtype` (`load_pack` would refuse it).
+    """
     state: dict[str, torch.Tensor] = {}
     for key, tensor in module.state_dict().items():
         tensor = tensor.detach().to("cpu")
         if tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+            tensor = _cast_finite(tensor, dtype, f"{where}: {key}" if where else key)
         state[key] = tensor.contiguous().clone()
     return state
 
 
-def round_to_dtype(state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """`state` with its floating tensors rounded to `dtype` and back (same dtypes, stored values)."""
+def _cast_finite(tensor: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{what}: has non-finite values")
+    cast = tensor.to(dtype)
+    if not torch.isfinite(cast).all():
+        biggest = float(tensor.abs().max())
+        hint = "; store the weights as float32" if dtype in (torch.float16, torch.bfloat16) else ""
+        raise ValueError(
+            f"{what}: values up to {biggest:.4g} overflow {str(dtype).removeprefix('torch.')} "
+            f"(largest {torch.finfo(dtype).max:.4g}){hint}"
+        )
+    return cast
+
+
+def round_to_dtype(
+    state: Mapping[str, torch.Tensor], dtype: torch.dtype, where: str = ""
+) -> dict[str, torch.Tensor]:
+    """`state` with its floating tensors rounded to `dtype` and back (same dtypes, stored values).
+
+    Raises:
+        ValueError: If a floating tensor is not finite or overflows `dtype` (named after `where`).
+    """
     return {
-        key: tensor.to(dtype).to(tensor.dtype) if tensor.is_floating_point() else tensor
+        key: _cast_finite(tensor, dtype, f"{where}: {key}" if where else key).to(tensor.dtype)
+        if tensor.is_floating_point()
+        else tensor
         for key, tensor in state.items()
     }
 

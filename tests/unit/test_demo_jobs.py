@@ -125,3 +125,30 @@ def test_cli_set_takes_json_and_bare_words_for_text_fields() -> None:
         _overrides(["steering_steps=many"])
     with pytest.raises(CliError, match="expected NAME=VALUE"):
         _overrides(["no_such_field=1"])
+
+
+@pytest.mark.parametrize("value", ["int8", "half", None, 16])
+def test_weights_dtype_is_one_of_the_stored_names(value: Any) -> None:
+    from models.demo_pack import DemoPackConfig
+
+    names = r"\['float32', 'float16', 'bfloat16'\]"
+    with pytest.raises(ValueError, match=r"weights_dtype must be one of " + names):
+        DemoPackConfig(weights_dtype=value)
+    assert DemoPackConfig(weights_dtype="bfloat16").weights_dtype == "bfloat16"
+
+
+def test_step_choice_warns_when_no_step_reaches_the_target() -> None:
+    from models.demo_pack import DemoPackConfig, _choose_step
+
+    pack = load_pack(DEFAULT_PACK_PATH, "cpu")
+    config = DemoPackConfig(step_grid=(0.001, 0.002), step_faces=2, steps=2)
+    seen: list[tuple[str, int, int]] = []
+    with pytest.warns(UserWarning, match=r"no step of \[0.001, 0.002\] flips .* the largest, 0.002"):
+        chosen, measured = _choose_step(pack, config, lambda *event: seen.append(event))
+    assert chosen == 0.002
+    assert seen == [("step size", 1, 2), ("step size", 2, 2)]
+    for step in ("0.001", "0.002"):
+        # GANSpace first, and each step stops at its first miss: one attribute measured.
+        assert measured[step]["worst"] < config.step_target
+        assert list(measured[step]["rates"]) == [next(iter(pack.attributes))]
+        assert list(measured[step]["rates"][next(iter(pack.attributes))]) == ["ganspace"]

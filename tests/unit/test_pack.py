@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -746,3 +747,55 @@ def test_weights_dtype_is_checked(
             attributes=attributes, weights_dtype=torch.float64,
         )
     assert not (tmp_path / "p").exists()
+
+
+def test_weights_that_overflow_the_storage_dtype_are_refused(
+    tmp_path: Path, generator: Generator, attributes: dict[str, PackAttribute]
+) -> None:
+    # A BatchNorm variance beyond float16's range would load as inf: refused when saving, with the fix.
+    generator, attributes = copy.deepcopy(generator), copy.deepcopy(attributes)  # Module-scoped fixtures.
+    steering = attributes["smiling"].steering
+    bn = next(m for m in steering.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.running_var[0] = 1e6
+    with pytest.raises(ValueError, match=r"smiling.* steering: .*running_var: values up to 1e\+06 overflow "
+                       r"float16 .*store the weights as float32"):
+        save_pack(
+            tmp_path / "p", name="e", description="d", generator=generator, generator_kind="stylegan2",
+            attributes=attributes, weights_dtype=torch.float16,
+        )
+    assert not (tmp_path / "p").exists()
+    with pytest.raises(ValueError, match="overflow float16"):
+        round_to_dtype(steering.state_dict(), torch.float16)
+    # bfloat16 has float32's range: the same weights are stored, and load as they were rounded.
+    saved = save_pack(
+        tmp_path / "b", name="e", description="d", generator=generator, generator_kind="stylegan2",
+        attributes=attributes, weights_dtype=torch.bfloat16,
+    )
+    loaded = load_pack(saved, "cpu").attributes["smiling"].steering
+    expected = round_to_dtype(steering.state_dict(), torch.bfloat16)
+    assert torch.equal(loaded.state_dict()[f"{_bn_key(steering, bn)}.running_var"],
+                       expected[f"{_bn_key(steering, bn)}.running_var"])
+    # A NaN anywhere is refused too: in a classifier at float32, in the generator, in round_to_dtype.
+    with torch.no_grad():
+        bn.running_var[0] = float("nan")
+    with pytest.raises(ValueError, match=r"smiling.* steering: .*running_var: has non-finite values"):
+        save_pack(
+            tmp_path / "c", name="e", description="d", generator=generator, generator_kind="stylegan2",
+            attributes=attributes,
+        )
+    with pytest.raises(ValueError, match=r"^steering: .*running_var: has non-finite values"):
+        round_to_dtype(steering.state_dict(), torch.float32, "steering")
+    with torch.no_grad():
+        bn.running_var[0] = 1.0
+        next(generator.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match="save_pack: generator: .*non-finite"):
+        save_pack(
+            tmp_path / "n", name="e", description="d", generator=generator, generator_kind="stylegan2",
+            attributes=attributes,
+        )
+    assert not any((tmp_path / name).exists() for name in ("p", "c", "n"))
+
+
+def _bn_key(module: nn.Module, target: nn.Module) -> str:
+    return next(name for name, m in module.named_modules() if m is target)
