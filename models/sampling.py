@@ -77,6 +77,8 @@ def sample_ws(
         z = z_from_seeds(seeds) or randn(n, z_dim, generator=generator),
         ws = G.mapping(z, 0_c, truncation_psi, truncation_cutoff)   (w_avg + psi * (w - w_avg) per row)
 
+    Each seed is mapped on its own, so its latent is the same bit for bit whichever seeds come with it.
+
     Args:
         G: Generator with `mapping`, `z_dim`, `c_dim`, `w_dim`, `num_ws`, already on `device`.
         seeds: Seeds as NVIDIA's `generate.py --seeds`; exclusive with `n`.
@@ -106,8 +108,14 @@ def sample_ws(
         z = torch.randn((n, G.z_dim), generator=generator, device=generator.device)
     z = z.to(device)  # [N, z_dim]
     c = torch.zeros((z.shape[0], G.c_dim), device=device)  # [N, c_dim]
+    # A seed's latent must not depend on the other seeds asked for with it (matrix products round
+    # differently with the batch size): seeds are mapped one by one, random samples in one batch.
+    chunks = [slice(i, i + 1) for i in range(z.shape[0])] if seeds is not None else [slice(None)]
     with torch.no_grad():
-        ws = G.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        ws = torch.cat([
+            G.mapping(z[part], c[part], truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+            for part in chunks
+        ])
     assert_shape(ws, [z.shape[0], G.num_ws, G.w_dim])
     return ws
 

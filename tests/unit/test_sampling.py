@@ -57,7 +57,10 @@ def test_sample_ws_from_seeds() -> None:
     G = ToyMapping()
     ws = sample_ws(G, [1, 2], truncation_psi=0.5, device="cpu")
     assert ws.shape == (2, G.num_ws, G.w_dim)
-    assert G.calls == [{"psi": 0.5, "cutoff": None, "grad": False}]
+    # One mapping call per seed (a seed's latent does not depend on the others), one for random samples.
+    assert G.calls == [{"psi": 0.5, "cutoff": None, "grad": False}] * 2
+    sample_ws(G, n=3, generator=torch.Generator().manual_seed(0), device="cpu")
+    assert len(G.calls) == 3
     expected = G.w_avg + 0.5 * (z_from_seeds([1, 2], G.z_dim) @ G.weight.detach() - G.w_avg)
     torch.testing.assert_close(ws, expected.unsqueeze(1).expand(-1, G.num_ws, -1))
     cut = sample_ws(G, [1, 2], truncation_psi=0.5, truncation_cutoff=1, device="cpu")
