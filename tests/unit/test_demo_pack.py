@@ -116,24 +116,6 @@ def test_attribute_statistics() -> None:
     assert stats["phi"]["a"]["c"] == pytest.approx(-1.0)
 
 
-# Bars of the committed pack that it does not meet yet (issue 4 stays open until they pass): strict
-# xfails, so each turns red once it is met.
-KNOWN_GAPS = {
-    ("smiling", "steering"): "the ResNet-18 steering classifier of smiling, trained on graded targets, "
-    "is 96.1 % accurate (hard labels gave 97.7 % but gradients that point nowhere)",
-    **{
-        (name, "ganspace"): "GANSpace components of an isotropic W carry no attribute (cosine 0.07-0.11 "
-        "with the true gradient), and lambda1 = 0.75 weighs them three to one"
-        for name in ("smiling", "young", "male", "eyeglasses")
-    },
-}
-
-
-def _known_gap(request: pytest.FixtureRequest, key: tuple[str, str]) -> None:
-    if key in KNOWN_GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[key]))
-
-
 def _report() -> dict[str, Any]:
     report: dict[str, Any] = json.loads((DEMO / "report.json").read_text())
     return report
@@ -141,9 +123,8 @@ def _report() -> dict[str, Any]:
 
 @pytest.mark.parametrize("role", ["steering", "evaluator"])
 @pytest.mark.parametrize("name", ATTRIBUTES)
-def test_report_classifier_accuracy(name: str, role: str, request: pytest.FixtureRequest) -> None:
+def test_report_classifier_accuracy(name: str, role: str) -> None:
     """Every steering and evaluator classifier is >= 97 % accurate on 2,000 fresh faces (psi = 1)."""
-    _known_gap(request, (name, role))
     assert _report()["classifier_accuracy"][name][role] >= 0.97
 
 
@@ -162,10 +143,9 @@ def test_report_meets_the_bars() -> None:
 
 @pytest.mark.parametrize("kind", ["interfacegan", "averaged", "ganspace"])
 @pytest.mark.parametrize("name", ATTRIBUTES)
-def test_report_flip_rates(name: str, kind: str, request: pytest.FixtureRequest) -> None:
+def test_report_flip_rates(name: str, kind: str) -> None:
     """A 20-step IALS edit (default step, lambda1 0.75, lambda2 0) with each direction flips the
     ground-truth label of >= 80 % of 200 faces, both ways."""
-    _known_gap(request, (name, kind))
     flips = _report()["flip_rates"]
     assert flips["faces"] >= 200 and flips["steps"] == 20 and flips["lambda1"] == 0.75
     rates = flips["rates"][name][kind]
@@ -199,11 +179,8 @@ def test_report_evaluators_meet_the_bar() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["steering", "evaluator"])
 @pytest.mark.parametrize("name", ATTRIBUTES)
-def test_classifier_accuracy_remeasured(
-    pack: ModelPack, name: str, role: str, request: pytest.FixtureRequest
-) -> None:
+def test_classifier_accuracy_remeasured(pack: ModelPack, name: str, role: str) -> None:
     """Every classifier is >= 97 % accurate on 2,000 fresh faces (psi = 1), other faces than the report's."""
-    _known_gap(request, (name, role))
     _check_accuracy(pack, name, role)
 
 
