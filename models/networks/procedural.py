@@ -9,12 +9,12 @@ scored against ground truth.
 
 World, from latent to picture:
 
-1. Mapping: `w = z` (isotropic, `w_avg = 0`), broadcast to `num_ws` rows, then StyleGAN's truncation
-   `w_avg.lerp(w, psi)` on all rows or on the first `truncation_cutoff` ones. With `attribute_scales`
-   W is stretched along each attribute's axis (the unit sum of its subfactor directions) to that
-   standard deviation, `w = M z`, as a trained mapping network gives W more variance along what
-   matters (GANSpace's premise); the synthesis reads the factors through `M^-1`, so the faces and their
-   truths, as functions of z, do not change.
+1. Mapping: without `attribute_scales`, `w = z` (isotropic, `w_avg = 0`), broadcast to `num_ws` rows, then
+   StyleGAN's truncation `w_avg.lerp(w, psi)` on all rows or on the first `truncation_cutoff` ones. With
+   `attribute_scales` W is stretched along each attribute's axis (the unit sum of its subfactor
+   directions) to that standard deviation, `w = M z`, as a trained mapping network gives W more variance
+   along what matters (GANSpace's premise); the synthesis reads the factors through `M^-1`, so the faces
+   and their truths, as functions of z, do not change.
 2. Factors: the rows are averaged within three groups, as StyleGAN's layers divide the work: the
    coarse rows (the first ~40 %) decide pose and head shape, the middle rows the facial features and
    the attributes, the fine rows (the last ~20 %, at least one) the colours. Each named factor is the
@@ -299,7 +299,7 @@ class ProceduralMapping(torch.nn.Module):
         super().__init__()
         if z_dim != w_dim:
             raise ValueError(
-                f"The procedural mapping is the identity: need z_dim == w_dim, got {z_dim}, {w_dim}"
+                f"The procedural mapping keeps the dimension: need z_dim == w_dim, got {z_dim}, {w_dim}"
             )
         if c_dim != 0:
             raise ValueError(f"The procedural world is unconditional: need c_dim == 0, got {c_dim}")
@@ -870,7 +870,7 @@ class ProceduralGenerator(torch.nn.Module):
 
     def __init__(
         self,
-        z_dim: int = 512,  # Input latent (Z) dimensionality; equals w_dim (the mapping is the identity).
+        z_dim: int = 512,  # Input latent (Z) dimensionality; equals w_dim (identity or stretch mapping).
         c_dim: int = 0,  # Conditioning label (C) dimensionality; must be 0.
         w_dim: int = 512,  # Intermediate latent (W) dimensionality.
         img_resolution: int = 64,  # Output resolution, a power of two >= 8.
@@ -896,7 +896,7 @@ class ProceduralGenerator(torch.nn.Module):
 
     @property
     def w_avg(self) -> torch.Tensor:
-        """The mean of W, `[w_dim]` (the buffer `mapping.w_avg`; zero, as W is isotropic around it)."""
+        """The mean of W, `[w_dim]` (the buffer `mapping.w_avg`; zero: W is centred on it)."""
         return self.mapping.w_avg
 
     def forward(

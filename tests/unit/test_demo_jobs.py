@@ -106,9 +106,11 @@ def _same_rows(a: Any, b: Any) -> bool:
 def test_bad_weights_dtype_fails_before_training(tmp_path: Any) -> None:
     from models.demo_pack import DemoPackConfig, build_demo_pack
 
+    config = DemoPackConfig()
+    object.__setattr__(config, "weights_dtype", "int8")  # Past the constructor's own check.
     start = time.perf_counter()
     with pytest.raises(ValueError, match="weights_dtype must be one of"):
-        build_demo_pack(tmp_path / "pack", DemoPackConfig(weights_dtype="int8"), jobs=1)
+        build_demo_pack(tmp_path / "pack", config, jobs=1)
     assert time.perf_counter() - start < 5
     assert not (tmp_path / "pack").exists()
 

@@ -242,7 +242,7 @@ def test_principal_components_of_stretched_w_are_the_attribute_axes() -> None:
     axes = G.synthesis.attribute_axes.double()
     for i in range(len(ATTRIBUTES)):
         assert abs(float(v[i] @ axes[i])) > 0.97, i
-    # The true logit of an attribute without mixing terms grows along its axis, at 1 / scale per unit.
+    # The true logit of an attribute without mixing terms grows along its axis.
     ws = G.mapping(z[:8].float())
     offset = torch.zeros([8, 64], requires_grad=True)
     (grad,) = torch.autograd.grad(G.attribute_logits(ws + offset.unsqueeze(1))["pose"].sum(), offset)

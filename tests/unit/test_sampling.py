@@ -63,6 +63,7 @@ def test_sample_ws_from_seeds() -> None:
     assert len(G.calls) == 3
     expected = G.w_avg + 0.5 * (z_from_seeds([1, 2], G.z_dim) @ G.weight.detach() - G.w_avg)
     torch.testing.assert_close(ws, expected.unsqueeze(1).expand(-1, G.num_ws, -1))
+    assert torch.equal(sample_ws(G, [2], truncation_psi=0.5, device="cpu")[0], ws[1])
     cut = sample_ws(G, [1, 2], truncation_psi=0.5, truncation_cutoff=1, device="cpu")
     torch.testing.assert_close(cut[:, 0], ws[:, 0])
     assert not torch.allclose(cut[:, 1], ws[:, 1])
