@@ -858,8 +858,7 @@ def build_demo_pack(
     Returns:
         The report written to `out/report.json`.
     """
-    config = config or DemoPackConfig()
-    _weights_dtype(config)  # A bad dtype fails now, not after the training.
+    config = config or DemoPackConfig()  # Its constructor has checked weights_dtype.
     workers = default_jobs() if jobs is None else jobs
     if workers < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")

@@ -774,8 +774,8 @@ def test_weights_that_overflow_the_storage_dtype_are_refused(
     )
     loaded = load_pack(saved, "cpu").attributes["smiling"].steering
     expected = round_to_dtype(steering.state_dict(), torch.bfloat16)
-    assert torch.equal(loaded.state_dict()[f"{_bn_key(steering, bn)}.running_var"],
-                       expected[f"{_bn_key(steering, bn)}.running_var"])
+    key = next(f"{name}.running_var" for name, m in steering.named_modules() if m is bn)
+    assert torch.equal(loaded.state_dict()[key], expected[key])
     # A NaN anywhere is refused too: in a classifier at float32, in the generator, in round_to_dtype.
     with torch.no_grad():
         bn.running_var[0] = float("nan")
@@ -795,7 +795,3 @@ def test_weights_that_overflow_the_storage_dtype_are_refused(
             attributes=attributes,
         )
     assert not any((tmp_path / name).exists() for name in ("p", "c", "n"))
-
-
-def _bn_key(module: nn.Module, target: nn.Module) -> str:
-    return next(name for name, m in module.named_modules() if m is target)
