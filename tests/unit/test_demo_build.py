@@ -13,8 +13,9 @@ from models.networks.procedural import ATTRIBUTES
 from models.pack import load_pack
 
 TINY = DemoPackConfig(
-    img_resolution=32, batch_size=8, steering_width=4, steering_steps=40, evaluator_arch="resnet34",
-    evaluator_width=4, evaluator_steps=2, svm_samples=300, averaged_samples=8, ganspace_samples=300,
+    img_resolution=32, batch_size=8, steering_width=4, steering_steps=(50, 40, 40, 40, 40),
+    evaluator_arch="resnet34", evaluator_width=4, evaluator_steps=(3, 2, 2, 2, 2), encoder_width=4,
+    svm_samples=300, averaged_samples=8, ganspace_samples=300,
     ganspace_components=6, encoder_steps=2, encoder_batch_size=4, steps=3, step_grid=(0.5, 1.0), step_faces=4,
     eval_faces=16, flip_faces=3, dt_faces=3, encoder_faces=4, sheet_faces=4,
 )
@@ -43,6 +44,11 @@ def test_tiny_build_is_the_same_with_one_or_two_processes(tmp_path: Path) -> Non
         assert report["dt"]["methods"]["IALS (0.75, 0)"]["ground_truth"]["pairs"] == 2 * 5 * 4
     assert one["build"]["environment"]["processes"] == 1
     assert two["build"]["environment"]["processes"] == 2
+    # One job per role and step count.
+    assert set(two["build"]["seconds"]["classifier_jobs"]) == {
+        "steering smiling", "steering young+male+eyeglasses+pose", "evaluators smiling",
+        "evaluators young+male+eyeglasses+pose",
+    }
     assert one["flip_rates"] == two["flip_rates"]
     for method, entry in one["dt"]["methods"].items():
         for labeller in ("ground_truth", "evaluators"):

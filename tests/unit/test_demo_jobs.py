@@ -117,6 +117,24 @@ def test_cli_set_takes_json_and_bare_words_for_text_fields() -> None:
         _overrides(["no_such_field=1"])
 
 
+@pytest.mark.parametrize("value", [0, (1500, 1500), (1500, 0, 1, 1, 1), (1.5, 1, 1, 1, 1), "many"])
+def test_step_counts_are_one_or_one_per_attribute(value: Any) -> None:
+    from models.demo_pack import DemoPackConfig
+
+    with pytest.raises(ValueError, match=r"evaluator_steps must be a step count >= 1 or one per attribute"):
+        DemoPackConfig(evaluator_steps=value)
+
+
+def test_classifier_jobs_group_the_attributes_by_step_count() -> None:
+    from models.demo_pack import ATTRIBUTES, DemoPackConfig, _classifier_jobs
+
+    config = DemoPackConfig(steering_steps=(10, 5, 10, 5, 5), evaluator_steps=7)
+    assert _classifier_jobs("steering", config) == [
+        (10, ("smiling", "male")), (5, ("young", "eyeglasses", "pose")),
+    ]
+    assert _classifier_jobs("evaluator", config) == [(7, tuple(ATTRIBUTES))]
+
+
 @pytest.mark.parametrize("value", ["int8", "half", None, 16])
 def test_weights_dtype_is_one_of_the_stored_names(value: Any) -> None:
     """A bad storage dtype fails when the config is made, before any training."""
