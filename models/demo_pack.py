@@ -98,16 +98,15 @@ class DemoPackConfig:
     batch_size: int = 64
     lr: float = 2e-3
     steering_width: int = 16
-    # Optimiser steps per attribute, in the order of ATTRIBUTES (one number: the same for all). Smiling,
-    # the hardest to tell, needs 2,500 to pass 97 % (2,000 gave 0.961); the others are past 98 % sooner.
-    steering_steps: int | tuple[int, ...] = (2500, 1500, 1500, 1500, 1500)
+    # Optimiser steps: one count for every attribute, or one per attribute in the order of ATTRIBUTES.
+    steering_steps: int | tuple[int, ...] = 2500
     steering_psi: tuple[float, float] = (0.7, 1.4)
     # Graded targets sigmoid(s * true logit): the margin keeps growing with the attribute, so the
     # latent gradient that IALS steers by points where the attribute grows (None = hard labels).
     steering_label_sharpness: float | None = 3.0
     evaluator_arch: str = "resnet34"
     evaluator_width: int = 12
-    evaluator_steps: int | tuple[int, ...] = (1500, 1500, 1500, 1000, 1000)
+    evaluator_steps: int | tuple[int, ...] = 1500
     evaluator_psi: tuple[float, float] = (0.6, 1.5)
     evaluator_label_sharpness: float | None = None
     # Attribute-level directions.
@@ -117,10 +116,9 @@ class DemoPackConfig:
     ganspace_samples: int = 10_000
     ganspace_components: int = 20
     # Encoder.
-    # Channels of its first block (`LatentEncoder(width=...)`): 8 costs half of 16's time a step.
-    encoder_width: int = 8
+    encoder_width: int = 16  # Channels of its first block (`LatentEncoder(width=...)`).
     encoder_steps: int = 3000
-    encoder_batch_size: int = 16
+    encoder_batch_size: int = 32
     encoder_lr: float = 1e-3
     encoder_psi: tuple[float, float] = (0.5, 1.2)
     # Editing defaults.
@@ -914,9 +912,14 @@ def build_demo_pack(
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     started = time.perf_counter()
 
-    # One job per role and step count (`_classifier_jobs`); the directions need every steering job.
+    # Steering: one job per step count (`_classifier_jobs`), the directions after all of them.
+    # Evaluators: with more than one worker, one job each, beside the encoder and the steering chain.
     steering_jobs = [
         (f"steering {'+'.join(names)}", n, names) for n, names in _classifier_jobs("steering", config)
+    ]
+    evaluator_jobs = [
+        (n, group) for n, names in _classifier_jobs("evaluator", config)
+        for group in ([(name,) for name in names] if workers > 1 else [names])
     ]
     job_list = [
         _Job("encoder", _job_encoder, lambda r: (config,), config.encoder_steps),
@@ -928,7 +931,7 @@ def build_demo_pack(
              _directions_job_units(config), deps=tuple(job_name for job_name, _, _ in steering_jobs)),
         *[
             _Job(f"evaluators {'+'.join(names)}", _job_classifiers, _given("evaluator", config, names), n)
-            for n, names in _classifier_jobs("evaluator", config)
+            for n, names in evaluator_jobs
         ],
     ]
     results = _run_jobs(

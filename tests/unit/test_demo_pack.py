@@ -35,6 +35,20 @@ def test_committed_pack_is_intact_and_small() -> None:
     assert (DEMO / "report.json").is_file() and (DEMO / "sheet.png").is_file()
 
 
+def test_the_default_config_is_the_committed_packs(pack: ModelPack) -> None:
+    """`DemoPackConfig()` rebuilds the committed pack: it has every setting the build recorded."""
+    from models.demo_pack import DemoPackConfig, _build_fields
+
+    recorded = pack.manifest["extra"]["build"]["config"]
+    defaults = _build_fields(DemoPackConfig())
+    for key, value in recorded.items():
+        assert defaults[key] == (tuple(value) if isinstance(value, list) else value), key
+    # Settings added after the build keep what it did.
+    assert pack.encoder is not None
+    assert defaults["encoder_width"] == pack.encoder.init_kwargs.get("width", 16)
+    assert set(defaults) - set(recorded) <= {"encoder_width"}
+
+
 def test_contents(pack: ModelPack) -> None:
     assert isinstance(pack.generator, ProceduralGenerator)
     assert set(pack.attributes) == set(ATTRIBUTES)
