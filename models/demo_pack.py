@@ -144,6 +144,8 @@ class DemoPackConfig:
     def __post_init__(self) -> None:
         _weights_dtype(self)  # A bad dtype fails here, not after the training.
         for field_name in ("steering_steps", "evaluator_steps"):
+            if isinstance(getattr(self, field_name), list):  # From JSON: the config stays hashable.
+                object.__setattr__(self, field_name, tuple(getattr(self, field_name)))
             _steps_per_attribute(self, field_name)
 
 
@@ -714,8 +716,12 @@ def _run_jobs(jobs: Sequence[_Job], *, workers: int, stage: str, on_progress: Pr
 def _steps_per_attribute(config: DemoPackConfig, field_name: str) -> dict[str, int]:
     """Attribute -> optimiser steps, from a step-count field (one int, or one per attribute)."""
     value = getattr(config, field_name)
-    counts = [value] * len(ATTRIBUTES) if isinstance(value, int) else list(value)
-    if len(counts) != len(ATTRIBUTES) or not all(isinstance(n, int) and n >= 1 for n in counts):
+    counts: list[Any] = []  # Neither a count nor a tuple of counts: an error below.
+    if type(value) is int:  # Not a bool.
+        counts = [value] * len(ATTRIBUTES)
+    elif isinstance(value, tuple):
+        counts = list(value)
+    if len(counts) != len(ATTRIBUTES) or not all(type(n) is int and n >= 1 for n in counts):
         raise ValueError(
             f"{field_name} must be a step count >= 1 or one per attribute {list(ATTRIBUTES)}, got {value!r}"
         )
@@ -777,16 +783,50 @@ def _job_classifiers(
     return {"state": state, "losses": losses, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _merged(results: Mapping[str, Any], role_jobs: str) -> dict[str, Any]:
-    """The results of the classifier jobs named `role_jobs ...` as one: state and losses by attribute,
-    seconds summed (and, per job, under `jobs`)."""
-    parts = {key: value for key, value in results.items() if key.split(" ", 1)[0] == role_jobs}
+def _merged(results: Mapping[str, Any], job_names: Sequence[str]) -> dict[str, Any]:
+    """The results of a role's classifier jobs as one: state and losses by attribute (every attribute
+    once), seconds summed (and, per job, under `jobs`)."""
+    parts = {key: results[key] for key in job_names}
+    trained = [name for part in parts.values() for name in part["state"]]
+    if sorted(trained) != sorted(ATTRIBUTES):
+        raise RuntimeError(f"Jobs {list(job_names)} trained {trained}, not each of {list(ATTRIBUTES)} once")
     return {
         "state": {name: state for part in parts.values() for name, state in part["state"].items()},
         "losses": {name: losses for part in parts.values() for name, losses in part["losses"].items()},
         "seconds": round(sum(part["seconds"] for part in parts.values()), 1),
         "jobs": {key: part["seconds"] for key, part in parts.items()},
     }
+
+
+def _training_jobs(config: DemoPackConfig, workers: int) -> tuple[list[_Job], dict[str, list[str]]]:
+    """The jobs of a build, and the names of each role's classifier jobs.
+
+    Steering: one job per step count (`_classifier_jobs`), the directions after all of them.
+    Evaluators: with more than one worker, one job each, beside the encoder and the steering chain;
+    with one, one per step count."""
+    steering = [
+        (f"steering {'+'.join(names)}", n, names) for n, names in _classifier_jobs("steering", config)
+    ]
+    evaluator = [
+        (f"evaluators {'+'.join(group)}", n, group)
+        for n, names in _classifier_jobs("evaluator", config)
+        for group in ([(name,) for name in names] if workers > 1 else [names])
+    ]
+    steering_names = [job_name for job_name, _, _ in steering]
+    jobs = [
+        _Job("encoder", _job_encoder, lambda r: (config,), config.encoder_steps),
+        *[
+            _Job(job_name, _job_classifiers, _given("steering", config, names), n)
+            for job_name, n, names in steering
+        ],
+        _Job("directions", _job_directions, lambda r: (config, _merged(r, steering_names)["state"]),
+             _directions_job_units(config), deps=tuple(steering_names)),
+        *[
+            _Job(job_name, _job_classifiers, _given("evaluator", config, names), n)
+            for job_name, n, names in evaluator
+        ],
+    ]
+    return jobs, {"steering": steering_names, "evaluator": [job_name for job_name, _, _ in evaluator]}
 
 
 def _job_encoder(config: DemoPackConfig, *, progress: Callable[[int, int], None]) -> dict[str, Any]:
@@ -912,28 +952,7 @@ def build_demo_pack(
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     started = time.perf_counter()
 
-    # Steering: one job per step count (`_classifier_jobs`), the directions after all of them.
-    # Evaluators: with more than one worker, one job each, beside the encoder and the steering chain.
-    steering_jobs = [
-        (f"steering {'+'.join(names)}", n, names) for n, names in _classifier_jobs("steering", config)
-    ]
-    evaluator_jobs = [
-        (n, group) for n, names in _classifier_jobs("evaluator", config)
-        for group in ([(name,) for name in names] if workers > 1 else [names])
-    ]
-    job_list = [
-        _Job("encoder", _job_encoder, lambda r: (config,), config.encoder_steps),
-        *[
-            _Job(job_name, _job_classifiers, _given("steering", config, names), n)
-            for job_name, n, names in steering_jobs
-        ],
-        _Job("directions", _job_directions, lambda r: (config, _merged(r, "steering")["state"]),
-             _directions_job_units(config), deps=tuple(job_name for job_name, _, _ in steering_jobs)),
-        *[
-            _Job(f"evaluators {'+'.join(names)}", _job_classifiers, _given("evaluator", config, names), n)
-            for n, names in evaluator_jobs
-        ],
-    ]
+    job_list, roles = _training_jobs(config, workers)
     results = _run_jobs(
         job_list, workers=workers, stage=f"training ({workers} process{'es' if workers > 1 else ''})",
         on_progress=progress,
@@ -943,10 +962,10 @@ def build_demo_pack(
     G = _world(config)
     steering = _role_classifiers("steering", config)
     evaluators = _role_classifiers("evaluator", config)
-    trained = {"steering": _merged(results, "steering"), "evaluators": _merged(results, "evaluators")}
+    trained = {role: _merged(results, names) for role, names in roles.items()}
     for name in ATTRIBUTES:
         steering[name].load_state_dict(trained["steering"]["state"][name])
-        evaluators[name].load_state_dict(trained["evaluators"]["state"][name])
+        evaluators[name].load_state_dict(trained["evaluator"]["state"][name])
     for classifier in [*steering.values(), *evaluators.values()]:
         classifier.eval().requires_grad_(False)
     encoder = _new_encoder(G, config)
@@ -979,7 +998,7 @@ def build_demo_pack(
     load_pack(out, "cpu")  # Hashes and shapes check out.
     job_seconds = {
         "steering": trained["steering"]["seconds"],
-        "evaluators": trained["evaluators"]["seconds"],
+        "evaluators": trained["evaluator"]["seconds"],
         **directions["seconds"],
         "encoder": results["encoder"]["seconds"],
     }
@@ -991,11 +1010,11 @@ def build_demo_pack(
         },
         # Per job, in its process; `wall` is the whole build (training and saving), all processes at once.
         "seconds": {**job_seconds, "cpu_total": round(sum(job_seconds.values()), 1),
-                    "training_wall": trained_in, "wall": round(time.perf_counter() - started, 1),
-                    "classifier_jobs": {**trained["steering"]["jobs"], **trained["evaluators"]["jobs"]}},
+                    "training_wall": trained_in, "wall": round(time.perf_counter() - started, 1)},
+        "classifier_job_seconds": {**trained["steering"]["jobs"], **trained["evaluator"]["jobs"]},
         "classifier_final_loss": {
             name: {"steering": float(np.mean(trained["steering"]["losses"][name][-50:])),
-                   "evaluator": float(np.mean(trained["evaluators"]["losses"][name][-50:]))}
+                   "evaluator": float(np.mean(trained["evaluator"]["losses"][name][-50:]))}
             for name in ATTRIBUTES
         },
         "directions": directions["info"],

@@ -47,10 +47,10 @@ def test_tiny_build_is_the_same_with_one_or_two_processes(tmp_path: Path) -> Non
     # Steering: one job per step count; evaluators: one job each with two processes, one per step
     # count with one.
     steering_jobs = {"steering smiling", "steering young+male+eyeglasses+pose"}
-    assert set(one["build"]["seconds"]["classifier_jobs"]) == steering_jobs | {
+    assert set(one["build"]["classifier_job_seconds"]) == steering_jobs | {
         "evaluators smiling", "evaluators young+male+eyeglasses+pose",
     }
-    assert set(two["build"]["seconds"]["classifier_jobs"]) == steering_jobs | {
+    assert set(two["build"]["classifier_job_seconds"]) == steering_jobs | {
         f"evaluators {name}" for name in ATTRIBUTES
     }
     assert one["flip_rates"] == two["flip_rates"]

@@ -117,12 +117,37 @@ def test_cli_set_takes_json_and_bare_words_for_text_fields() -> None:
         _overrides(["no_such_field=1"])
 
 
-@pytest.mark.parametrize("value", [0, (1500, 1500), (1500, 0, 1, 1, 1), (1.5, 1, 1, 1, 1), "many"])
+@pytest.mark.parametrize(
+    "value", [0, True, 2500.0, None, "many", (1500, 1500), (1500, 0, 1, 1, 1), (1.5, 1, 1, 1, 1)]
+)
 def test_step_counts_are_one_or_one_per_attribute(value: Any) -> None:
     from models.demo_pack import DemoPackConfig
 
     with pytest.raises(ValueError, match=r"evaluator_steps must be a step count >= 1 or one per attribute"):
         DemoPackConfig(evaluator_steps=value)
+    config = DemoPackConfig(evaluator_steps=[5, 4, 3, 2, 1])  # As JSON gives it.
+    assert config.evaluator_steps == (5, 4, 3, 2, 1) and hash(config)
+
+
+@pytest.mark.parametrize("steps", [2500, (2500, 1500, 2500, 1500, 1500)])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_training_jobs_and_their_dependencies(steps: Any, workers: int) -> None:
+    from models.demo_pack import ATTRIBUTES, DemoPackConfig, _training_jobs
+
+    jobs, roles = _training_jobs(DemoPackConfig(steering_steps=steps, evaluator_steps=steps), workers)
+    by_name = {job.name: job for job in jobs}
+    assert len(by_name) == len(jobs)
+    steering = ["steering " + "+".join(ATTRIBUTES)] if steps == 2500 else [
+        "steering smiling+male", "steering young+eyeglasses+pose",
+    ]
+    groups = [job.removeprefix("steering ") for job in steering]  # The same step counts.
+    evaluator = [f"evaluators {name}" for group in groups for name in group.split("+")] if workers > 1 else [
+        f"evaluators {group}" for group in groups
+    ]
+    assert roles == {"steering": steering, "evaluator": evaluator}
+    assert set(by_name) == {"encoder", "directions", *steering, *evaluator}
+    assert by_name["directions"].deps == tuple(steering)
+    assert all(not by_name[name].deps for name in by_name if name != "directions")
 
 
 def test_classifier_jobs_group_the_attributes_by_step_count() -> None:
