@@ -144,8 +144,6 @@ class DemoPackConfig:
     def __post_init__(self) -> None:
         _weights_dtype(self)  # A bad dtype fails here, not after the training.
         for field_name in ("steering_steps", "evaluator_steps"):
-            if isinstance(getattr(self, field_name), list):  # From JSON: the config stays hashable.
-                object.__setattr__(self, field_name, tuple(getattr(self, field_name)))
             _steps_per_attribute(self, field_name)
 
 
@@ -763,20 +761,19 @@ def _role_classifiers(role: str, config: DemoPackConfig) -> dict[str, AttributeC
 
 
 def _job_classifiers(
-    role: str, config: DemoPackConfig, names: tuple[str, ...], *, progress: Callable[[int, int], None]
+    role: str, config: DemoPackConfig, names: tuple[str, ...], steps: int, *,
+    progress: Callable[[int, int], None],
 ) -> dict[str, Any]:
-    """Train the `role` classifiers of `names` (of one step count). All of a role start from one seeded
-    initialisation and see one stream of faces (the first n batches of a longer training are those of
-    a shorter one), so a classifier comes out the same whichever others share its job."""
+    """Train the `role` classifiers of `names` for `steps` steps (their count, `_classifier_jobs`). All
+    of a role start from one seeded initialisation and see one stream of faces (the first n batches of
+    a longer training are those of a shorter one), so a classifier comes out the same whichever others
+    share its job."""
     settings = _role_settings(role, config)
-    counts = {_steps_per_attribute(config, f"{role}_steps")[name] for name in names}
-    if len(counts) != 1:
-        raise ValueError(f"One job trains classifiers of one step count; {list(names)} have {sorted(counts)}")
     start = time.perf_counter()
     classifiers = _role_classifiers(role, config)
     chosen = {name: classifiers[name] for name in names}
     losses = _train(
-        chosen, _world(config), config, steps=counts.pop(), psi=settings["psi"], seed=settings["seed"],
+        chosen, _world(config), config, steps=steps, psi=settings["psi"], seed=settings["seed"],
         label_sharpness=settings["label_sharpness"], progress=progress,
     )
     state = {name: _stored(c.state_dict(), config, f"{role} {name!r}") for name, c in chosen.items()}
@@ -816,13 +813,13 @@ def _training_jobs(config: DemoPackConfig, workers: int) -> tuple[list[_Job], di
     jobs = [
         _Job("encoder", _job_encoder, lambda r: (config,), config.encoder_steps),
         *[
-            _Job(job_name, _job_classifiers, _given("steering", config, names), n)
+            _Job(job_name, _job_classifiers, _given("steering", config, names, n), n)
             for job_name, n, names in steering
         ],
         _Job("directions", _job_directions, lambda r: (config, _merged(r, steering_names)["state"]),
              _directions_job_units(config), deps=tuple(steering_names)),
         *[
-            _Job(job_name, _job_classifiers, _given("evaluator", config, names), n)
+            _Job(job_name, _job_classifiers, _given("evaluator", config, names, n), n)
             for job_name, n, names in evaluator
         ],
     ]
