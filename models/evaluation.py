@@ -27,6 +27,7 @@ __all__ = [
     "EditMethod",
     "attribute_statistics",
     "classify_frames",
+    "classify_images",
     "dt_comparison",
     "flip_rates",
     "merge_dt",
@@ -89,10 +90,29 @@ def classify_frames(
     out: dict[str, list[torch.Tensor]] = {name: [] for name in classifiers}
     with torch.no_grad():
         for start in range(0, flat.shape[0], batch_size):
-            images = G.synthesis(flat[start : start + batch_size], **kwargs)
-            for name, classifier in classifiers.items():
-                out[name].append((classifier.logits(images).argmax(dim=1) == 1).cpu())
+            _label_into(out, G.synthesis(flat[start : start + batch_size], **kwargs), classifiers)
     return {name: torch.cat(parts).reshape(n, f) for name, parts in out.items()}
+
+
+def classify_images(
+    images: torch.Tensor, classifiers: Mapping[str, AttributeClassifier], *, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """`classify_frames` of frames already rendered: images `[N, F, C, H, W]` -> name -> `[N, F]` bool
+    labels (on CPU)."""
+    n, f = images.shape[:2]
+    flat = images.reshape(n * f, *images.shape[2:])
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in classifiers}
+    with torch.no_grad():
+        for start in range(0, flat.shape[0], batch_size):
+            _label_into(out, flat[start : start + batch_size], classifiers)
+    return {name: torch.cat(parts).reshape(n, f) for name, parts in out.items()}
+
+
+def _label_into(
+    out: dict[str, list[torch.Tensor]], images: torch.Tensor, classifiers: Mapping[str, AttributeClassifier]
+) -> None:
+    for name, classifier in classifiers.items():
+        out[name].append((classifier.logits(images).argmax(dim=1) == 1).cpu())
 
 
 def attribute_statistics(labels: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -172,14 +192,17 @@ def _edit_frames(
     step: float,
     method: EditMethod,
     batch_size: int,
-) -> torch.Tensor:
-    """Frames `[N, steps + 1, num_ws, w_dim]` of an edit with the pack's steering classifiers."""
+    return_images: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frames `[N, steps + 1, num_ws, w_dim]` of an edit with the pack's steering classifiers, and
+    with `return_images` their images `[N, steps + 1, C, H, W]` (else None). The steering classifiers
+    run only where a gradient needs them (`edit(scores=False)`)."""
 
     def attribute(name: str) -> EditAttribute:
         attr = pack.attributes[name]
         return EditAttribute(name, attr.steering, attr.directions[method.direction_kind])
 
-    chunks = []
+    chunks, image_chunks = [], []
     for start in range(0, ws.shape[0], batch_size):
         result = edit(
             pack.generator,
@@ -190,11 +213,15 @@ def _edit_frames(
             step=sign * step,
             lambda1=method.lambda1,
             lambda2=method.lambda2,
+            return_images=return_images,
+            scores=False,
             synthesis_kwargs=pack.edit_synthesis_kwargs,
             device=pack.device,
         )
         chunks.append(result.ws)
-    return torch.cat(chunks)
+        if result.images is not None:
+            image_chunks.append(result.images)
+    return torch.cat(chunks), torch.cat(image_chunks) if image_chunks else None
 
 
 def flip_rates(
@@ -258,7 +285,7 @@ def flip_rates(
             )
             for kind in kinds:
                 method = EditMethod(kind, lambda1, lambda2, kind)
-                frames = _edit_frames(
+                frames, _ = _edit_frames(
                     pack, ws0, primal=name, conditions=(), sign=sign, steps=steps, step=step,
                     method=method, batch_size=batch_size,
                 )
@@ -332,16 +359,18 @@ def dt_comparison(
                 kind = method.direction_kind
                 if any(kind not in pack.attributes[x].directions for x in (primal, condition)):
                     continue
-                frames = _edit_frames(
+                evaluated = primal in evaluators and condition in evaluators
+                frames, images = _edit_frames(
                     pack, ws0, primal=primal, conditions=[condition], sign=sign, steps=steps, step=step,
-                    method=method, batch_size=batch_size,
+                    method=method, batch_size=batch_size, return_images=evaluated,
                 )
                 label_sets: dict[str, dict[str, torch.Tensor]] = {}
                 if has_truth:
                     label_sets["ground_truth"] = _ground_truth_labels(G, frames, [primal, condition])
-                if evaluators and primal in evaluators and condition in evaluators:
-                    label_sets["evaluators"] = classify_frames(
-                        G, frames, {x: evaluators[x] for x in (primal, condition)}
+                if evaluated:
+                    assert images is not None
+                    label_sets["evaluators"] = classify_images(
+                        images, {x: evaluators[x] for x in (primal, condition)}
                     )
                 curves[method.name] = {}
                 for labeller, labels in label_sets.items():

@@ -162,6 +162,7 @@ def shared_forward(
     ws: torch.Tensor,
     *,
     need_direction: Sequence[bool],
+    need_score: Sequence[bool] | None = None,
     target: int = 1,
     grad_mode: GradMode = "retain",
     synthesis_kwargs: dict[str, Any] | None = None,
@@ -190,6 +191,8 @@ def shared_forward(
         classifiers: K classifiers with `logits(images) -> [N, 2]`.
         ws: `[N, w_dim]` or `[N, num_ws, w_dim]` latents (detached first).
         need_direction: K flags: which attributes need `d_k(w)`.
+        need_score: K flags: which attributes need a probability (default all). A classifier that is
+            needed for neither is not run, and its probabilities are NaN.
         target: The label y whose probability the directions raise (0 or 1).
         grad_mode: 'retain': one `autograd.grad` per attribute on the retained graph. 'batched': one
             call with `is_grads_batched=True` (vmap over the K backward passes).
@@ -202,10 +205,11 @@ def shared_forward(
     Raises:
         ValueError: On a bad latent shape, target, grad_mode or a flag count that differs from K.
     """
-    if len(need_direction) != len(classifiers):
-        raise ValueError(
-            f"need_direction needs one flag per classifier ({len(classifiers)}), got {len(need_direction)}"
-        )
+    if need_score is None:
+        need_score = [True] * len(classifiers)
+    for what, flags in (("need_direction", need_direction), ("need_score", need_score)):
+        if len(flags) != len(classifiers):
+            raise ValueError(f"{what} needs one flag per classifier ({len(classifiers)}), got {len(flags)}")
     if target not in (0, 1):
         raise ValueError(f"target must be 0 or 1, got {target}")
     if grad_mode not in ("retain", "batched"):
@@ -215,12 +219,17 @@ def shared_forward(
     kwargs = _synthesis_kwargs(synthesis_kwargs)
     directions = ws_plus.new_zeros((len(classifiers), num_samples, G.w_dim))  # [K, N, D]
     wanted = [k for k, flag in enumerate(need_direction) if flag]
+    unscored = ws_plus.new_full((num_samples,), float("nan"))  # The probabilities of an unrun classifier.
+    probabilities_list: list[torch.Tensor] = []
 
     # Plain forward.
     if not wanted:
         with torch.no_grad():
             images = G.synthesis(ws_plus, **kwargs)  # [N, C, H, W]
-            probabilities = torch.stack([clf.logits(images).softmax(dim=1)[:, 1] for clf in classifiers])
+            for k, clf in enumerate(classifiers):
+                scored = need_score[k]
+                probabilities_list.append(clf.logits(images).softmax(dim=1)[:, 1] if scored else unscored)
+        probabilities = torch.stack(probabilities_list)
         return SharedForward(images=images, probabilities=probabilities, directions=directions)
 
     # Forward with a graph to the offset only.
@@ -228,15 +237,17 @@ def shared_forward(
         offset = ws_plus.new_zeros((num_samples, G.w_dim), requires_grad=True)  # [N, D]
         images = G.synthesis(ws_plus + offset.unsqueeze(1), **kwargs)  # [N, C, H, W]
         margins: list[torch.Tensor] = []
-        probabilities_list: list[torch.Tensor] = []
         for k, clf in enumerate(classifiers):
             if k in wanted:
                 logits = clf.logits(images)  # [N, 2]
                 margins.append(_margin(logits, target))
-            else:
+            elif need_score[k]:
                 with torch.no_grad():
                     logits = clf.logits(images.detach())
-            probabilities_list.append(logits.detach().softmax(dim=1)[:, 1])
+            if need_score[k]:
+                probabilities_list.append(logits.detach().softmax(dim=1)[:, 1])
+            else:
+                probabilities_list.append(unscored)
 
         # Gradients from the one graph.
         grads = [torch.zeros_like(offset) for _ in wanted]
@@ -472,6 +483,7 @@ def edit(
     lambda2: float,
     target_score: float | None = None,
     return_images: bool = False,
+    scores: bool = True,
     synthesis_kwargs: dict[str, Any] | None = None,
     grad_mode: GradMode = "retain",
     on_step: Callable[[int, int], None] | None = None,
@@ -506,6 +518,10 @@ def edit(
         lambda2: Weight of `d_B` in `dhat_B`, in [0, 1].
         target_score: Optional primal class-1 probability at which a sample stops.
         return_images: Also return the images of every frame.
+        scores: Score every frame with every attribute's classifier. False runs a classifier only
+            where its gradient is needed and renders only for a gradient or `return_images` (so
+            conditional InterfaceGAN, lambda1 = lambda2 = 1, renders nothing unless asked); the
+            scores not computed come back NaN. Needs `target_score` None.
         synthesis_kwargs: Extra keyword arguments of `G.synthesis`; `noise_mode` defaults to 'const'.
         grad_mode: 'retain' or 'batched', see `shared_forward`.
         on_step: Called as `on_step(i, steps)` after update i = 1..steps; once with
@@ -520,6 +536,8 @@ def edit(
         ValueError: On invalid hyperparameters, attribute names or latent shape, or if the primal
             direction of some sample falls in the span of its conditions.
     """
+    if not scores and target_score is not None:
+        raise ValueError("target_score needs the primal's scores (scores=True)")
     attributes = [primal, *conditions]
     _validate_edit(
         G,
@@ -537,19 +555,21 @@ def edit(
     classifiers = [attribute.classifier for attribute in attributes]
     levels = [_normalize(a.direction.detach().to(device=device, dtype=ws.dtype)) for a in attributes]  # [D]
     need_direction = [lambda1 != 1] + [lambda2 != 1] * len(conditions)
+    need_score = [True] * len(attributes) if scores else need_direction
+    forward_needed = scores or return_images or any(need_direction)  # For a score, an image or a gradient.
 
     # Frame buffers; frames after a sample's stop are filled at the end.
     w = ws.clone()  # [N, ...], the current latents
     ws_frames = ws.new_empty((num_samples, num_frames, *ws.shape[1:]))  # [N, F, ...]
     ws_frames[:, 0] = ws
-    scores = ws.new_empty((len(attributes), num_samples, num_frames))  # [K, N, F]
+    frame_scores = ws.new_full((len(attributes), num_samples, num_frames), float("nan"))  # [K, N, F]
     images: torch.Tensor | None = None  # [N, F, C, H, W]
     stopped_at = torch.full((num_samples,), steps, dtype=torch.int64, device=device)
     active = torch.arange(num_samples, device=device)
 
     def record(frame: int, forward: SharedForward) -> None:
         nonlocal images
-        scores[:, active, frame] = forward.probabilities.to(scores.dtype)
+        frame_scores[:, active, frame] = forward.probabilities.to(frame_scores.dtype)
         if return_images:
             if images is None:
                 images = forward.images.new_empty((num_samples, num_frames, *forward.images.shape[1:]))
@@ -557,17 +577,20 @@ def edit(
 
     # Incremental updates.
     for t in range(steps):
-        forward = shared_forward(
-            G,
-            classifiers,
-            w[active],
-            need_direction=need_direction,
-            target=1,
-            grad_mode=grad_mode,
-            synthesis_kwargs=synthesis_kwargs,
-        )
-        record(t, forward)
-        directions = forward.directions  # [K, n, D]
+        directions = w.new_zeros((len(attributes), active.numel(), G.w_dim))  # [K, n, D]
+        if forward_needed:
+            forward = shared_forward(
+                G,
+                classifiers,
+                w[active],
+                need_direction=need_direction,
+                need_score=need_score,
+                target=1,
+                grad_mode=grad_mode,
+                synthesis_kwargs=synthesis_kwargs,
+            )
+            record(t, forward)
+            directions = forward.directions
         if target_score is not None:
             primal_score = forward.probabilities[0]  # [n]
             reached = primal_score >= target_score if step > 0 else primal_score <= target_score
@@ -593,14 +616,16 @@ def edit(
             on_step(t + 1, steps)
     else:
         # Last frame.
-        forward = shared_forward(
-            G,
-            classifiers,
-            w[active],
-            need_direction=[False] * len(classifiers),
-            synthesis_kwargs=synthesis_kwargs,
-        )
-        record(steps, forward)
+        if scores or return_images:
+            forward = shared_forward(
+                G,
+                classifiers,
+                w[active],
+                need_direction=[False] * len(classifiers),
+                need_score=[scores] * len(classifiers),
+                synthesis_kwargs=synthesis_kwargs,
+            )
+            record(steps, forward)
     if active.numel() == 0 and on_step is not None:
         on_step(steps, steps)
 
@@ -608,12 +633,12 @@ def edit(
     source = torch.minimum(torch.arange(num_frames, device=device).unsqueeze(0), stopped_at.unsqueeze(1))
     rows = torch.arange(num_samples, device=device).unsqueeze(1)  # [N, 1]
     ws_frames = ws_frames[rows, source]
-    scores = scores[:, rows, source]
+    frame_scores = frame_scores[:, rows, source]
     if images is not None:
         images = images[rows, source]
     return EditResult(
         ws=ws_frames,
-        scores={attribute.name: scores[k] for k, attribute in enumerate(attributes)},
+        scores={attribute.name: frame_scores[k] for k, attribute in enumerate(attributes)},
         images=images,
         stopped_at=stopped_at,
     )

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import torch
 
-from models.evaluation import METHODS, EditMethod, attribute_statistics, dt_comparison, flip_rates
+from models.evaluation import (
+    METHODS,
+    EditMethod,
+    attribute_statistics,
+    classify_frames,
+    classify_images,
+    dt_comparison,
+    flip_rates,
+)
 from models.ials import EditAttribute, edit
 from models.networks.procedural import ATTRIBUTES, ProceduralGenerator
 from models.pack import ModelPack, load_pack, verify_pack
@@ -120,6 +128,23 @@ def test_flip_rates_and_dt_comparison_on_few_faces(pack: ModelPack) -> None:
             assert 0 <= entry["p"] <= 1 and 0 <= entry["q"] <= 1
     assert "matched_range" in report["methods"][methods[1].name]["ground_truth"]
     json.dumps(report)
+
+
+def test_classify_images_equals_classify_frames(pack: ModelPack) -> None:
+    """Labelling frames already rendered (as the DT comparison does with an edit's images) gives what
+    rendering them again gives."""
+    G = pack.generator
+    ws = sample_ws(G, n=6, generator=torch.Generator().manual_seed(3), truncation_psi=1.0, device="cpu")
+    frames = torch.stack([ws, ws + 0.3 * torch.randn_like(ws), ws - 0.3], dim=1)  # [6, 3, L, D]
+    classifiers = {name: pack.attributes[name].evaluator for name in ("smiling", "eyeglasses")}
+    assert all(c is not None for c in classifiers.values())
+    with torch.no_grad():
+        images = G.synthesis(frames.flatten(0, 1), noise_mode="const").unflatten(0, (6, 3))
+    rendered = classify_frames(G, frames, classifiers, batch_size=5)  # type: ignore[arg-type]
+    given = classify_images(images, classifiers, batch_size=4)  # type: ignore[arg-type]
+    assert given.keys() == rendered.keys()
+    for name in classifiers:
+        assert given[name].shape == (6, 3) and torch.equal(given[name], rendered[name])
 
 
 def test_attribute_statistics() -> None:

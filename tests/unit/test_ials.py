@@ -374,6 +374,49 @@ def _attributes(u: torch.Tensor, clf_a: Any, clf_b: Any) -> tuple[EditAttribute,
     return EditAttribute("a", clf_a, u[0]), EditAttribute("b", clf_b, u[1])
 
 
+@pytest.mark.parametrize("lambdas", [(0.5, 0.0), (0.5, 1.0), (1.0, 0.0), (1.0, 1.0)])
+@pytest.mark.parametrize("return_images", [False, True])
+def test_edit_without_scores_gives_the_same_frames(lambdas: tuple[float, float], return_images: bool) -> None:
+    """scores=False skips the classifier forwards no gradient needs, and the renders of conditional
+    InterfaceGAN when no image is asked for; the frames (and images) stay the same."""
+    G = MLPGenerator()
+    gen = torch.Generator().manual_seed(4)
+    primal = EditAttribute(
+        "a", ConvClassifier(seed=1), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
+    )
+    cond = EditAttribute(
+        "b", ConvClassifier(seed=2), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
+    )
+    ws = torch.randn(3, G.num_ws, G.w_dim, generator=gen, dtype=torch.float64)
+    kwargs: dict[str, Any] = dict(
+        primal=primal, conditions=[cond], steps=3, step=0.2, lambda1=lambdas[0], lambda2=lambdas[1],
+        return_images=return_images, device="cpu",
+    )
+    full = edit(G, ws, **kwargs)
+    G.calls.clear()
+    lean = edit(G, ws, scores=False, **kwargs)
+    assert torch.equal(lean.ws, full.ws)
+    if return_images:
+        assert full.images is not None and lean.images is not None
+        assert torch.equal(lean.images, full.images)
+    else:
+        assert lean.images is None
+    needs_gradient = lambdas != (1.0, 1.0)
+    expected_calls = [(3, True)] * 3 if needs_gradient else [(3, False)] * 3 if return_images else []
+    expected_calls += [(3, False)] if return_images else []
+    assert G.calls == expected_calls
+    # Scores only where a gradient ran the classifier (frames 0..2), never at the last frame.
+    for name, lam in (("a", lambdas[0]), ("b", lambdas[1])):
+        scored = lean.scores[name][:, :3]
+        if lam != 1:
+            torch.testing.assert_close(scored, full.scores[name][:, :3])
+        else:
+            assert scored.isnan().all()
+        assert lean.scores[name][:, 3].isnan().all()
+    with pytest.raises(ValueError, match="target_score"):
+        edit(G, ws, scores=False, target_score=0.5, **kwargs)
+
+
 @pytest.mark.parametrize("w_plus", [False, True])
 def test_edit_frames_and_shapes(w_plus: bool) -> None:
     G = MLPGenerator()
