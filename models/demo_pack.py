@@ -795,19 +795,28 @@ def _merged(results: Mapping[str, Any], job_names: Sequence[str]) -> dict[str, A
     }
 
 
+def _split(names: tuple[str, ...], parts: int) -> list[tuple[str, ...]]:
+    """`names` in order as `min(parts, len(names))` runs whose lengths differ by at most one (longer first)."""
+    count = max(1, min(parts, len(names)))
+    size, extra = divmod(len(names), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [names[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
 def _training_jobs(config: DemoPackConfig, workers: int) -> tuple[list[_Job], dict[str, list[str]]]:
     """The jobs of a build, and the names of each role's classifier jobs.
 
     Steering: one job per step count (`_classifier_jobs`), the directions after all of them.
-    Evaluators: with more than one worker, one job each, beside the encoder and the steering chain;
-    with one, one per step count."""
+    Evaluators: the attributes of a step count split into as many jobs as there are workers (at most
+    one per attribute), beside the encoder and the steering chain; a job renders each batch once for
+    all its classifiers, so fewer, larger jobs render less."""
     steering = [
         (f"steering {'+'.join(names)}", n, names) for n, names in _classifier_jobs("steering", config)
     ]
     evaluator = [
         (f"evaluators {'+'.join(group)}", n, group)
         for n, names in _classifier_jobs("evaluator", config)
-        for group in ([(name,) for name in names] if workers > 1 else [names])
+        for group in _split(names, workers)
     ]
     steering_names = [job_name for job_name, _, _ in steering]
     jobs = [

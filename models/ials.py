@@ -577,7 +577,6 @@ def edit(
 
     # Incremental updates.
     for t in range(steps):
-        directions = w.new_zeros((len(attributes), active.numel(), G.w_dim))  # [K, n, D]
         if forward_needed:
             forward = shared_forward(
                 G,
@@ -590,7 +589,9 @@ def edit(
                 synthesis_kwargs=synthesis_kwargs,
             )
             record(t, forward)
-            directions = forward.directions
+            directions = forward.directions  # [K, n, D]
+        else:  # Conditional InterfaceGAN without scores or images: no forward at all.
+            directions = w.new_zeros((len(attributes), active.numel(), G.w_dim))
         if target_score is not None:
             primal_score = forward.probabilities[0]  # [n]
             reached = primal_score >= target_score if step > 0 else primal_score <= target_score

@@ -142,14 +142,26 @@ def test_training_jobs_and_their_dependencies(steps: Any, workers: int) -> None:
     steering = ["steering " + "+".join(ATTRIBUTES)] if steps == 2500 else [
         "steering smiling+male", "steering young+eyeglasses+pose",
     ]
-    groups = [job.removeprefix("steering ") for job in steering]  # The same step counts.
-    evaluator = [f"evaluators {name}" for group in groups for name in group.split("+")] if workers > 1 else [
-        f"evaluators {group}" for group in groups
-    ]
+    # The same step counts; with 2 workers each count's attributes split in two (longer first).
+    evaluator = [f"evaluators {group}" for group in (
+        ["smiling+young+male", "eyeglasses+pose"] if steps == 2500 else
+        ["smiling", "male", "young+eyeglasses", "pose"]
+    )] if workers > 1 else [job.replace("steering", "evaluators") for job in steering]
     assert roles == {"steering": steering, "evaluator": evaluator}
     assert set(by_name) == {"encoder", "directions", *steering, *evaluator}
     assert by_name["directions"].deps == tuple(steering)
     assert all(not by_name[name].deps for name in by_name if name != "directions")
+
+
+def test_split_keeps_the_order_in_balanced_runs() -> None:
+    from models.demo_pack import _split
+
+    names = ("a", "b", "c", "d", "e")
+    assert _split(names, 1) == [names]
+    assert _split(names, 2) == [("a", "b", "c"), ("d", "e")]
+    assert _split(names, 3) == [("a", "b"), ("c", "d"), ("e",)]
+    assert _split(names, 8) == [(name,) for name in names]
+    assert _split(("a",), 4) == [("a",)]
 
 
 def test_classifier_jobs_group_the_attributes_by_step_count() -> None:
