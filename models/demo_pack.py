@@ -796,7 +796,7 @@ def _merged(results: Mapping[str, Any], job_names: Sequence[str]) -> dict[str, A
 
 
 def _split(names: tuple[str, ...], parts: int) -> list[tuple[str, ...]]:
-    """`names` in order as `min(parts, len(names))` runs whose lengths differ by at most one (longer first)."""
+    """`names` in order, as `min(parts, len(names))` runs whose lengths differ by at most one."""
     count = max(1, min(parts, len(names)))
     size, extra = divmod(len(names), count)
     bounds = [i * size + min(i, extra) for i in range(count + 1)]
