@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models.demo_pack import DemoPackConfig, _ground_truth_gradients, _role_settings, _seeded, _world
+from models.demo_pack import DemoPackConfig, _ground_truth_gradients, _role_settings, _seeded, _stored, _world
 from models.ials import instance_specific_direction
 from models.networks.classifier import AttributeClassifier
 from models.networks.procedural import ATTRIBUTES
@@ -86,7 +86,8 @@ def train_shared(
 def heads(
     net: AttributeClassifier, role: str, width: int, config: DemoPackConfig
 ) -> dict[str, AttributeClassifier]:
-    """The shared network as one 2-class classifier per attribute (the pack's per-attribute format)."""
+    """The shared network as one 2-class classifier per attribute (the pack's per-attribute format), its
+    weights rounded to the pack's storage dtype as the build rounds them."""
     arch = _role_settings(role, config)["arch"]
     state = net.state_dict()
     result = {}
@@ -95,7 +96,7 @@ def heads(
         own = dict(state)
         own["net.fc.weight"] = state["net.fc.weight"][2 * k : 2 * k + 2]
         own["net.fc.bias"] = state["net.fc.bias"][2 * k : 2 * k + 2]
-        classifier.load_state_dict(own)
+        classifier.load_state_dict(_stored(own, config, f"{role} {name!r}"))  # Rounded as the pack's.
         result[name] = classifier.eval().requires_grad_(False)
     return result
 
@@ -112,10 +113,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = DemoPackConfig()
-    width = args.width or (config.steering_width if args.role == "steering" else config.evaluator_width)
+    width = (
+        args.width
+        if args.width is not None
+        else (config.steering_width if args.role == "steering" else config.evaluator_width)
+    )
     default_steps = config.steering_steps if args.role == "steering" else config.evaluator_steps
-    steps = args.steps or (default_steps if isinstance(default_steps, int) else max(default_steps))
-    eval_faces = args.eval_faces or config.eval_faces
+    if args.steps is not None:
+        steps = args.steps
+    else:
+        steps = default_steps if isinstance(default_steps, int) else max(default_steps)
+    if width < 1 or steps < 1:
+        parser.error("--width and --steps must be >= 1")
+    eval_faces = args.eval_faces if args.eval_faces is not None else config.eval_faces
 
     net, seconds = train_shared(args.role, width, steps, config)
     classifiers = heads(net, args.role, width, config)

@@ -192,17 +192,19 @@ def _edit_frames(
     step: float,
     method: EditMethod,
     batch_size: int,
-    return_images: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Frames `[N, steps + 1, num_ws, w_dim]` of an edit with the pack's steering classifiers, and
-    with `return_images` their images `[N, steps + 1, C, H, W]` (else None). The steering classifiers
-    run only where a gradient needs them (`edit(scores=False)`)."""
+    label_with: Mapping[str, AttributeClassifier] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """Frames `[N, steps + 1, num_ws, w_dim]` of an edit with the pack's steering classifiers, and with
+    `label_with` the labels `[N, steps + 1]` of every frame by those classifiers (`classify_images` of
+    the edit's own images, one chunk of `batch_size` faces at a time; else None). The steering
+    classifiers run only where a gradient needs them (`edit(scores=False)`)."""
 
     def attribute(name: str) -> EditAttribute:
         attr = pack.attributes[name]
         return EditAttribute(name, attr.steering, attr.directions[method.direction_kind])
 
-    chunks, image_chunks = [], []
+    chunks: list[torch.Tensor] = []
+    label_chunks: dict[str, list[torch.Tensor]] = {name: [] for name in label_with or {}}
     for start in range(0, ws.shape[0], batch_size):
         result = edit(
             pack.generator,
@@ -213,15 +215,20 @@ def _edit_frames(
             step=sign * step,
             lambda1=method.lambda1,
             lambda2=method.lambda2,
-            return_images=return_images,
+            return_images=label_with is not None,
             scores=False,
             synthesis_kwargs=pack.edit_synthesis_kwargs,
             device=pack.device,
         )
         chunks.append(result.ws)
-        if result.images is not None:
-            image_chunks.append(result.images)
-    return torch.cat(chunks), torch.cat(image_chunks) if image_chunks else None
+        if label_with is not None:
+            assert result.images is not None
+            for name, labels in classify_images(result.images, label_with).items():
+                label_chunks[name].append(labels)
+    frames = torch.cat(chunks)
+    if label_with is None:
+        return frames, None
+    return frames, {name: torch.cat(parts) for name, parts in label_chunks.items()}
 
 
 def flip_rates(
@@ -360,18 +367,16 @@ def dt_comparison(
                 if any(kind not in pack.attributes[x].directions for x in (primal, condition)):
                     continue
                 evaluated = primal in evaluators and condition in evaluators
-                frames, images = _edit_frames(
+                frames, evaluator_labels = _edit_frames(
                     pack, ws0, primal=primal, conditions=[condition], sign=sign, steps=steps, step=step,
-                    method=method, batch_size=batch_size, return_images=evaluated,
+                    method=method, batch_size=batch_size,
+                    label_with={x: evaluators[x] for x in (primal, condition)} if evaluated else None,
                 )
                 label_sets: dict[str, dict[str, torch.Tensor]] = {}
                 if has_truth:
                     label_sets["ground_truth"] = _ground_truth_labels(G, frames, [primal, condition])
-                if evaluated:
-                    assert images is not None
-                    label_sets["evaluators"] = classify_images(
-                        images, {x: evaluators[x] for x in (primal, condition)}
-                    )
+                if evaluator_labels is not None:
+                    label_sets["evaluators"] = evaluator_labels
                 curves[method.name] = {}
                 for labeller, labels in label_sets.items():
                     p, q = dt_curve(labels[primal], labels[condition])

@@ -86,7 +86,8 @@ class SharedForward:
 
     Attributes:
         images: `[N, C, H, W]`, the rendered images, detached.
-        probabilities: `[K, N]`, each classifier's softmax probability of class 1.
+        probabilities: `[K, N]`, each classifier's softmax probability of class 1 (NaN for a
+            classifier that was not run, see `need_score`).
         directions: `[K, N, w_dim]`, the unit instance-specific directions `d_X(w)`; rows of the
             attributes that were not asked for are zero.
     """
@@ -103,7 +104,7 @@ class EditResult:
     Attributes:
         ws: `[N, F, w_dim]` or `[N, F, num_ws, w_dim]`, the latents in the input's form.
         scores: Attribute name -> `[N, F]` class-1 probability of its steering classifier, for the
-            primal and every condition attribute.
+            primal and every condition attribute (NaN where `edit(scores=False)` did not run it).
         images: `[N, F, C, H, W]` in the generator's range, or None unless `return_images`.
         stopped_at: `[N]` int64, the frame at which each sample reached `target_score` and stopped
             (its later frames repeat that one), or `steps` if it never stopped.
@@ -191,8 +192,9 @@ def shared_forward(
         classifiers: K classifiers with `logits(images) -> [N, 2]`.
         ws: `[N, w_dim]` or `[N, num_ws, w_dim]` latents (detached first).
         need_direction: K flags: which attributes need `d_k(w)`.
-        need_score: K flags: which attributes need a probability (default all). A classifier that is
-            needed for neither is not run, and its probabilities are NaN.
+        need_score: K flags: which attributes need a probability (default all). A classifier needed
+            for neither a direction nor a probability is not run, and its probabilities are NaN (in
+            the latents' dtype).
         target: The label y whose probability the directions raise (0 or 1).
         grad_mode: 'retain': one `autograd.grad` per attribute on the retained graph. 'batched': one
             call with `is_grads_batched=True` (vmap over the K backward passes).
@@ -244,7 +246,7 @@ def shared_forward(
             elif need_score[k]:
                 with torch.no_grad():
                     logits = clf.logits(images.detach())
-            if need_score[k]:
+            if need_score[k] or k in wanted:
                 probabilities_list.append(logits.detach().softmax(dim=1)[:, 1])
             else:
                 probabilities_list.append(unscored)
@@ -503,9 +505,10 @@ def edit(
     row of a `w+` code.
 
     Frame t's scores (and image) come from the forward at `w_t`; the last frame takes one extra
-    forward under `torch.no_grad()`. With `target_score`, a sample whose primal probability at
-    frame t has reached it (`>=` for step > 0, `<=` for step < 0) stops there: it leaves the
-    forward batch and its later frames repeat frame t. The loop ends when every sample has stopped.
+    forward under `torch.no_grad()` (unless `scores=False` and no images are asked for). With
+    `target_score`, a sample whose primal probability at frame t has reached it (`>=` for step > 0,
+    `<=` for step < 0) stops there: it leaves the forward batch and its later frames repeat frame t.
+    The loop ends when every sample has stopped.
 
     Args:
         G: Generator with `synthesis`, `num_ws`, `w_dim`, already on `device`.
@@ -593,6 +596,7 @@ def edit(
         else:  # Conditional InterfaceGAN without scores or images: no forward at all.
             directions = w.new_zeros((len(attributes), active.numel(), G.w_dim))
         if target_score is not None:
+            assert forward_needed  # target_score needs scores=True.
             primal_score = forward.probabilities[0]  # [n]
             reached = primal_score >= target_score if step > 0 else primal_score <= target_score
             stopped_at[active[reached]] = t

@@ -147,6 +147,31 @@ def test_classify_images_equals_classify_frames(pack: ModelPack) -> None:
         assert given[name].shape == (6, 3) and torch.equal(given[name], rendered[name])
 
 
+def test_dt_labels_of_an_edit_equal_labels_of_its_frames_rendered_again(pack: ModelPack) -> None:
+    """The DT comparison labels an edit's own images, chunk by chunk; for every method (with and
+    without gradients) that equals rendering the frames again and labelling them."""
+    from models.evaluation import _edit_frames
+
+    G = pack.generator
+    ws = sample_ws(G, n=5, generator=torch.Generator().manual_seed(8), truncation_psi=0.7, device="cpu")
+    evaluators = {name: pack.attributes[name].evaluator for name in ("smiling", "young")}
+    assert all(c is not None for c in evaluators.values())
+    for method in METHODS:
+        frames, labels = _edit_frames(
+            pack, ws, primal="smiling", conditions=["young"], sign=1, steps=3, step=pack.defaults["step"],
+            method=method, batch_size=2, label_with=evaluators,  # type: ignore[arg-type]
+        )
+        plain, none = _edit_frames(
+            pack, ws, primal="smiling", conditions=["young"], sign=1, steps=3, step=pack.defaults["step"],
+            method=method, batch_size=5,
+        )
+        assert none is None and torch.equal(plain, frames) and frames.shape[:2] == (5, 4)
+        assert labels is not None
+        again = classify_frames(G, frames, evaluators)  # type: ignore[arg-type]
+        for name in evaluators:
+            assert torch.equal(labels[name], again[name]), (method.name, name)
+
+
 def test_attribute_statistics() -> None:
     labels = {
         "a": torch.tensor([True, True, False, False]),

@@ -72,8 +72,10 @@ class ConvClassifier(torch.nn.Module):
             torch.manual_seed(seed)
             self.conv = torch.nn.Conv2d(img_channels, 4, 3, padding=1).to(dtype)
             self.fc = torch.nn.Linear(4, 2).to(dtype)
+        self.calls = 0  # logits calls
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         return self.fc(torch.tanh(self.conv(images)).mean(dim=(2, 3)))
 
 
@@ -260,6 +262,29 @@ def test_shared_forward_without_directions_takes_no_graph() -> None:
     assert torch.equal(result.directions, torch.zeros(1, 2, G.w_dim, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("with_gradient", [False, True])
+def test_shared_forward_runs_only_the_classifiers_it_needs(with_gradient: bool) -> None:
+    G = MLPGenerator()
+    classifiers = [ConvClassifier(seed=1), ConvClassifier(seed=2), ConvClassifier(seed=3)]
+    ws = torch.randn(3, G.w_dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    full = shared_forward(G, classifiers, ws, need_direction=[with_gradient, False, False])
+    for clf in classifiers:
+        clf.calls = 0
+    lean = shared_forward(
+        G, classifiers, ws, need_direction=[with_gradient, False, False], need_score=[False, True, False]
+    )
+    assert [clf.calls for clf in classifiers] == [int(with_gradient), 1, 0]
+    torch.testing.assert_close(lean.probabilities[1], full.probabilities[1], rtol=0, atol=0)
+    assert lean.probabilities[2].isnan().all()
+    if with_gradient:  # A classifier run for its gradient gives its probability too.
+        torch.testing.assert_close(lean.probabilities[0], full.probabilities[0], rtol=0, atol=0)
+        assert torch.equal(lean.directions, full.directions)
+    else:
+        assert lean.probabilities[0].isnan().all()
+    with pytest.raises(ValueError, match="need_score needs one flag per classifier"):
+        shared_forward(G, classifiers, ws, need_direction=[False] * 3, need_score=[True])
+
+
 # ----------------------------------------------------------------------------
 # Instance-aware and conditional directions.
 
@@ -394,7 +419,11 @@ def test_edit_without_scores_gives_the_same_frames(lambdas: tuple[float, float],
     )
     full = edit(G, ws, **kwargs)
     G.calls.clear()
+    primal.classifier.calls = cond.classifier.calls = 0  # type: ignore[attr-defined]
     lean = edit(G, ws, scores=False, **kwargs)
+    # A classifier runs once per update step where its gradient is needed, else never.
+    assert primal.classifier.calls == (3 if lambdas[0] != 1 else 0)  # type: ignore[attr-defined]
+    assert cond.classifier.calls == (3 if lambdas[1] != 1 else 0)  # type: ignore[attr-defined]
     assert torch.equal(lean.ws, full.ws)
     if return_images:
         assert full.images is not None and lean.images is not None
