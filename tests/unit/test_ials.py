@@ -399,6 +399,17 @@ def _attributes(u: torch.Tensor, clf_a: Any, clf_b: Any) -> tuple[EditAttribute,
     return EditAttribute("a", clf_a, u[0]), EditAttribute("b", clf_b, u[1])
 
 
+def _toy_attributes(G: MLPGenerator, gen: torch.Generator) -> tuple[EditAttribute, EditAttribute]:
+    """A primal "a" and a condition "b": toy classifiers, random unit directions drawn from `gen`."""
+    primal = EditAttribute(
+        "a", ConvClassifier(seed=1), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
+    )
+    cond = EditAttribute(
+        "b", ConvClassifier(seed=2), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
+    )
+    return primal, cond
+
+
 @pytest.mark.parametrize("lambdas", [(0.5, 0.0), (0.5, 1.0), (1.0, 0.0), (1.0, 1.0)])
 @pytest.mark.parametrize("return_images", [False, True])
 def test_edit_without_scores_gives_the_same_frames(lambdas: tuple[float, float], return_images: bool) -> None:
@@ -406,12 +417,7 @@ def test_edit_without_scores_gives_the_same_frames(lambdas: tuple[float, float],
     InterfaceGAN when no image is asked for; the frames (and images) stay the same."""
     G = MLPGenerator()
     gen = torch.Generator().manual_seed(4)
-    primal = EditAttribute(
-        "a", ConvClassifier(seed=1), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
-    )
-    cond = EditAttribute(
-        "b", ConvClassifier(seed=2), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
-    )
+    primal, cond = _toy_attributes(G, gen)
     ws = torch.randn(3, G.num_ws, G.w_dim, generator=gen, dtype=torch.float64)
     kwargs: dict[str, Any] = dict(
         primal=primal, conditions=[cond], steps=3, step=0.2, lambda1=lambdas[0], lambda2=lambdas[1],
@@ -450,12 +456,7 @@ def test_edit_without_scores_gives_the_same_frames(lambdas: tuple[float, float],
 def test_edit_frames_and_shapes(w_plus: bool) -> None:
     G = MLPGenerator()
     gen = torch.Generator().manual_seed(9)
-    primal = EditAttribute(
-        "a", ConvClassifier(seed=1), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
-    )
-    cond = EditAttribute(
-        "b", ConvClassifier(seed=2), unit(torch.randn(G.w_dim, generator=gen, dtype=torch.float64))
-    )
+    primal, cond = _toy_attributes(G, gen)
     ws = torch.randn(2, G.num_ws, G.w_dim, generator=gen, dtype=torch.float64)
     ws = ws if w_plus else ws[:, 0]
     ws_before = ws.clone()
