@@ -77,7 +77,7 @@ def train_shared(
         scheduler.step()
         if (i + 1) % max(1, steps // 10) == 0:
             print(
-                f"step {i + 1}/{steps}: loss {float(loss):.4f}, {time.perf_counter() - start:.0f} s",
+                f"step {i + 1}/{steps}: loss {float(loss.detach()):.4f}, {time.perf_counter() - start:.0f} s",
                 flush=True,
             )
     return net.eval(), time.perf_counter() - start
