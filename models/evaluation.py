@@ -85,13 +85,7 @@ def classify_frames(
         Attribute name -> `[N, F]` bool labels (on CPU).
     """
     kwargs = {"noise_mode": "const", **dict(synthesis_kwargs or {})}
-    n, f = ws.shape[:2]
-    flat = ws.reshape(n * f, *ws.shape[2:])
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in classifiers}
-    with torch.no_grad():
-        for start in range(0, flat.shape[0], batch_size):
-            _label_into(out, G.synthesis(flat[start : start + batch_size], **kwargs), classifiers)
-    return {name: torch.cat(parts).reshape(n, f) for name, parts in out.items()}
+    return _label_frames(ws, classifiers, batch_size, lambda chunk: G.synthesis(chunk, **kwargs))
 
 
 def classify_images(
@@ -99,20 +93,26 @@ def classify_images(
 ) -> dict[str, torch.Tensor]:
     """`classify_frames` of frames already rendered: images `[N, F, C, H, W]` -> name -> `[N, F]` bool
     labels (on CPU)."""
-    n, f = images.shape[:2]
-    flat = images.reshape(n * f, *images.shape[2:])
+    return _label_frames(images, classifiers, batch_size, lambda chunk: chunk)
+
+
+def _label_frames(
+    frames: torch.Tensor,
+    classifiers: Mapping[str, AttributeClassifier],
+    batch_size: int,
+    to_images: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Labels `[N, F]` of frames `[N, F, ...]`, `batch_size` flattened frames at a time turned into
+    images by `to_images`."""
+    n, f = frames.shape[:2]
+    flat = frames.reshape(n * f, *frames.shape[2:])
     out: dict[str, list[torch.Tensor]] = {name: [] for name in classifiers}
     with torch.no_grad():
         for start in range(0, flat.shape[0], batch_size):
-            _label_into(out, flat[start : start + batch_size], classifiers)
+            images = to_images(flat[start : start + batch_size])
+            for name, classifier in classifiers.items():
+                out[name].append((classifier.logits(images).argmax(dim=1) == 1).cpu())
     return {name: torch.cat(parts).reshape(n, f) for name, parts in out.items()}
-
-
-def _label_into(
-    out: dict[str, list[torch.Tensor]], images: torch.Tensor, classifiers: Mapping[str, AttributeClassifier]
-) -> None:
-    for name, classifier in classifiers.items():
-        out[name].append((classifier.logits(images).argmax(dim=1) == 1).cpu())
 
 
 def attribute_statistics(labels: Mapping[str, torch.Tensor]) -> dict[str, Any]:
