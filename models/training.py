@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.ials import AttributeClassifierLike, SynthesisGenerator, instance_specific_direction
+from models.ials import AttributeClassifierLike, SynthesisGenerator, shared_forward
 from models.misc import assert_shape
 from models.networks.classifier import AttributeClassifier
 
@@ -426,6 +426,7 @@ def averaged_direction(
     classifier: AttributeClassifierLike,
     ws: torch.Tensor,
     *,
+    faces: str = "positive",
     batch_size: int = 32,
     synthesis_kwargs: dict[str, Any] | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -433,15 +434,19 @@ def averaged_direction(
 ) -> torch.Tensor:
     """The averaged attribute-level direction of IALS (section 3.2): mean instance-specific direction.
 
-        d = m / ||m||,   m = (1/N) sum_i d_X(w_i),   d_X(w) = grad_w H_X(G(w)) / ||grad_w H_X(G(w))||
+        d = m / ||m||,   m = (1/|S|) sum_{i in S} d_X(w_i),   d_X(w) = grad_w H_X(G(w)) / ||grad_w H_X(G(w))||
 
     with `d_X(w)` from `instance_specific_direction` (target y = 1, gradient summed over rows), so `d`
-    points towards class 1. Samples with a zero gradient contribute zero.
+    points towards class 1. With `faces='positive'` the set S holds the faces the classifier puts in
+    class 1 (probability > 0.5), as the official `train_attr_level_direction.py` does: it skips every
+    face of class 0 and sums, over the others, the direction that takes the attribute away, then
+    negates the sum. With `faces='all'` S is every face. Samples with a zero gradient contribute zero.
 
     Args:
         G: Generator with `synthesis`, `num_ws`, `w_dim`, on `device`.
         classifier: Steering classifier with `logits(images) -> [N, 2]`, on `device`, in eval mode.
         ws: Sampled latents, `[N, w_dim]` or `[N, num_ws, w_dim]`.
+        faces: 'positive' (the official set) or 'all'.
         batch_size: Latents per backward pass.
         synthesis_kwargs: Extra keyword arguments of `G.synthesis`.
         on_step: Called as `on_step(i, n)` after batch i = 1..n.
@@ -451,24 +456,34 @@ def averaged_direction(
         `[w_dim]` float32 unit vector.
 
     Raises:
-        ValueError: On a bad latent shape or batch size, or if the mean direction is zero.
+        ValueError: On a bad latent shape, batch size or `faces`, if no face is of class 1 (with
+            `faces='positive'`), or if the mean direction is zero.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if faces not in ("positive", "all"):
+        raise ValueError(f"faces must be 'positive' or 'all', got {faces!r}")
     if ws.ndim not in (2, 3) or ws.shape[0] < 1:
         raise ValueError(f"Latents must have shape [N, w_dim] or [N, num_ws, w_dim], got {tuple(ws.shape)}")
     total = torch.zeros([G.w_dim], dtype=torch.float64, device=device)
+    count = 0
     num_batches = math.ceil(ws.shape[0] / batch_size)
     for i in range(num_batches):
         chunk = ws[i * batch_size : (i + 1) * batch_size].detach().to(device)
-        directions = instance_specific_direction(
-            G, classifier, chunk, target=1, synthesis_kwargs=synthesis_kwargs
+        forward = shared_forward(
+            G, [classifier], chunk, need_direction=[True], target=1, synthesis_kwargs=synthesis_kwargs
         )
+        directions = forward.directions[0]
         assert_shape(directions, [chunk.shape[0], G.w_dim])
+        if faces == "positive":
+            directions = directions[forward.probabilities[0] > 0.5]
         total += directions.to(torch.float64).sum(dim=0)
+        count += directions.shape[0]
         if on_step is not None:
             on_step(i + 1, num_batches)
-    return _unit(total / ws.shape[0], "averaged")
+    if count == 0:
+        raise ValueError(f"None of the {ws.shape[0]} faces is of class 1: no averaged direction")
+    return _unit(total / count, "averaged")
 
 
 def ganspace_directions(

@@ -3,7 +3,8 @@
 Classifiers are image classifiers and move from one generator to another; directions live in one
 generator's latent space and must be fitted on it. This samples faces as the official
 `train_attr_level_direction.py` does (truncation psi 0.5 on all rows), scores them with the steering
-classifiers, and fits the kinds asked for with `models.training`.
+classifiers, and fits the kinds asked for with `models.training`; the averaged direction, as that
+script's, over the faces each classifier puts in class 1.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def fit_directions(
 
     Returns:
         (attribute -> kind -> unit direction, problems): a kind that cannot be fitted for an attribute
-        (e.g. InterfaceGAN when the classifier gives every sample the same label) is left out and said
-        in `problems`.
+        (e.g. InterfaceGAN when the classifier gives every sample the same label, the averaged direction
+        when it gives none class 1) is left out and said in `problems`.
 
     Raises:
         ValueError: On an unknown kind or `num_samples < 2`.
@@ -86,9 +87,12 @@ def fit_directions(
             except ValueError as err:
                 problems.append(f"{name}: no interfacegan direction: {err}")
         if "averaged" in kinds:
-            result[name]["averaged"] = averaged_direction(
-                G, classifier, ws, batch_size=batch_size, synthesis_kwargs=synthesis_kwargs, device=device
-            )
+            try:
+                result[name]["averaged"] = averaged_direction(
+                    G, classifier, ws, batch_size=batch_size, synthesis_kwargs=synthesis_kwargs, device=device
+                )
+            except ValueError as err:
+                problems.append(f"{name}: no averaged direction: {err}")
         if on_progress is not None:
             on_progress(f"{name}: fitted {sorted(result[name])}")
     if "ganspace" in kinds:

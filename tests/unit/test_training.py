@@ -278,7 +278,8 @@ def test_averaged_direction_recovers_mean_gradient() -> None:
     w = torch.cat([w, -w])  # d(-w) mirrors d(w) about u, so the mean of the unit directions is along u
     calls: list[tuple[int, int]] = []
     direction = averaged_direction(
-        G, BrightnessClassifier(), w, batch_size=64, device="cpu", on_step=lambda i, n: calls.append((i, n))
+        G, BrightnessClassifier(), w, faces="all", batch_size=64, device="cpu",
+        on_step=lambda i, n: calls.append((i, n)),
     )
     assert direction.shape == (16,) and direction.dtype == torch.float32
     assert abs(float(direction.norm()) - 1) < 1e-5
@@ -286,13 +287,40 @@ def test_averaged_direction_recovers_mean_gradient() -> None:
     assert calls == [(1, 7), (2, 7), (3, 7), (4, 7), (5, 7), (6, 7), (7, 7)]
     # Individual directions differ from u (the toy is not trivially linear).
     far = int((w @ v).abs().argmax())
-    single = averaged_direction(G, BrightnessClassifier(), w[far : far + 1], device="cpu")
+    single = averaged_direction(G, BrightnessClassifier(), w[far : far + 1], faces="all", device="cpu")
     assert cosine(single, u) < 0.9
     # Batching does not change the answer.
     again = averaged_direction(
-        G, BrightnessClassifier(), w.unsqueeze(1).expand(-1, 3, -1), batch_size=400, device="cpu"
+        G, BrightnessClassifier(), w.unsqueeze(1).expand(-1, 3, -1), faces="all", batch_size=400, device="cpu"
     )
     assert torch.allclose(direction, again, atol=1e-6)
+
+
+def test_averaged_direction_over_class_1_faces_as_the_official_script() -> None:
+    """The default averages over the faces of class 1 only (`train_attr_level_direction.py` skips the
+    others), whatever the batching; with no face of class 1 there is no direction."""
+    gen = torch.Generator().manual_seed(1)
+    u = unit(torch.randn(16, generator=gen, dtype=torch.float64))
+    v = torch.randn(16, generator=gen, dtype=torch.float64)
+    v = unit(v - (v @ u) * u)
+    G = BrightnessGenerator(u, v)
+    w = torch.randn(120, 16, generator=gen, dtype=torch.float64)
+    positive = (w @ u + 0.5 * (w @ v) ** 2) > 0  # Brightness > 0: class 1.
+    assert 20 < int(positive.sum()) < 100
+    official = torch.zeros(16, dtype=torch.float64)  # The official loop, one face at a time.
+    for i in range(w.shape[0]):
+        if positive[i]:
+            official += averaged_direction(G, BrightnessClassifier(), w[i : i + 1], faces="all", device="cpu")
+    official = unit(official)
+    for batch_size in (7, 120):
+        direction = averaged_direction(G, BrightnessClassifier(), w, batch_size=batch_size, device="cpu")
+        assert cosine(direction, official) > 1 - 1e-6
+    everyone = averaged_direction(G, BrightnessClassifier(), w, faces="all", device="cpu")
+    assert cosine(everyone, official) < 0.999  # The subset matters here.
+    with pytest.raises(ValueError, match="None of the 5 faces is of class 1"):
+        averaged_direction(G, BrightnessClassifier(), -10 * u.expand(5, -1), device="cpu")
+    with pytest.raises(ValueError, match="faces must be"):
+        averaged_direction(G, BrightnessClassifier(), w, faces="negative", device="cpu")
 
 
 # ----------------------------------------------------------------------------
