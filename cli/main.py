@@ -17,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("cli.convert", "Convert NVIDIA, rosinality or official IALS checkpoints into a model pack."),
     "invert": ("cli.invert", "Align the largest face of a photo and invert it into the pack's w+."),
     "worker": ("cli.worker", "Run edit jobs from Redis with the model pack loaded once (see `ials serve`)."),
-    "build-demo-pack": ("cli.build_demo_pack", "Rebuild the embedded demo pack from nothing (about 30 min)."),
+    "build-demo-pack": (
+        "cli.build_demo_pack",
+        "Rebuild the embedded demo pack from nothing (training and measurement: about 1.5 h on 2 cores).",
+    ),
 }
 
 

@@ -21,8 +21,8 @@ from service.config import Settings
 from service.errors import ApiError
 
 EDIT_TASK = "worker.tasks.run_edit"
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-CANCEL_KEY = "ials:cancel:{0}"  # Set by DELETE on a started job; the worker polls it between steps.
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # Used with fullmatch: `$` would also match before a final newline.
+CANCEL_KEY = "ials:cancel:{0}"  # Set by DELETE; the worker checks it at every stage and step.
 WORKER_PACK_KEY = "ials:worker-pack:{0}"  # Worker name -> pack it loaded (expires with the worker).
 
 # RQ status -> ours.
@@ -83,7 +83,7 @@ def fetch_job(connection: Redis, job_id: str) -> Job:
     Raises:
         ApiError: 404 `job_not_found` for a malformed, unknown or expired id.
     """
-    if not JOB_ID.match(job_id):
+    if not JOB_ID.fullmatch(job_id):
         raise ApiError(404, "job_not_found", f"no job {job_id[:64]!r}: job ids are 32 hex digits")
     try:
         return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
@@ -112,6 +112,9 @@ def cancel_job(connection: Redis, job: Job) -> str:
     """
     status = job_status(job)
     if status == "queued":
+        # A worker may take the job off the queue between the status read and the cancel; the flag,
+        # set first, stops it at its first stage check, so the job never runs to its end.
+        connection.set(CANCEL_KEY.format(job.id), b"1", ex=24 * 3600)
         try:
             job.cancel()
         except InvalidJobOperation as exc:

@@ -15,8 +15,9 @@ from PIL import Image
 
 from service.errors import ApiError
 
-# Upload format -> file extension of the stored photo.
-PHOTO_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+# Upload format -> file extension of the stored photo. PIL names a JPEG that carries a multi-picture
+# (MPF) segment, as many cameras and phones write, MPO; its first picture is the photo.
+PHOTO_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp"}
 # Formats recognised only to be refused with 415; no other PIL plugin ever parses an upload.
 SNIFFED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_LATENT_VALUES = 2**20  # A single latent is at most num_ws * w_dim values (18 * 512 for FFHQ).
@@ -41,7 +42,9 @@ def check_photo(data: bytes, *, max_pixels: int) -> str:
             opened = Image.open(io.BytesIO(data), formats=SNIFFED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ApiError(422, "image_too_large", str(exc)) from None
-    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+    except Image.UnidentifiedImageError:  # Its message names a Python object: not for clients.
+        raise ApiError(422, "image_undecodable", "not a readable image: no PNG, JPEG or WebP data") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ...
         raise ApiError(422, "image_undecodable", f"not a readable image: {exc}") from None
     with opened as im:
         kind = im.format or "unknown"

@@ -221,6 +221,17 @@ def test_cancel_queued_and_running_jobs(
     again = client.delete(f"/v1/jobs/{queued}")
     assert (again.status_code, again.json()["code"]) == (409, "job_not_cancelable")
 
+    # A worker that took the job off the queue just before the cancel (the race of reading the status
+    # first): the flag DELETE set with the cancel stops it at its first stage; it never finishes.
+    raced = post(client, json={"seed": 1, "primal": "smiling", "steps": 2})
+    raced_job = Job.fetch(raced, connection=redis, serializer=JSONSerializer)
+    assert client.delete(f"/v1/jobs/{raced}").json()["status"] == "canceled"
+    edit_queue(redis, settings).enqueue_job(raced_job)  # Back on the queue, as if dequeued in time.
+    run_worker(settings)
+    body = job(client, raced)
+    assert body["status"] == "canceled" and body["error"]["code"] == "canceled"
+    assert not body["artifacts"]
+
     # A running job sees the flag DELETE sets at its next step.
     running = post(client, json={"seed": 1, "primal": "smiling", "steps": 2})
     redis.set(CANCEL_KEY.format(running), b"1")

@@ -190,6 +190,16 @@ CASES = [
     Case("job id unknown", 404, "job_not_found", method="GET", url=f"/v1/jobs/{MISSING}"),
     Case("job id malformed", 404, "job_not_found", method="GET", url="/v1/jobs/not-a-job"),
     Case("cancel unknown job", 404, "job_not_found", method="DELETE", url=f"/v1/jobs/{MISSING}"),
+    # A regex `$` matches before a final newline: the id must be 32 hex digits and nothing else.
+    Case("job id with a newline", 404, "job_not_found", method="GET", url=f"/v1/jobs/{MISSING}%0A"),
+    Case("cancel job id with a newline", 404, "job_not_found", method="DELETE", url=f"/v1/jobs/{MISSING}%0A"),
+    Case(
+        "artifact of a job id with a newline",
+        404,
+        "job_not_found",
+        method="GET",
+        url=f"/v1/jobs/{MISSING}%0A/artifacts/edit.gif",
+    ),
     Case(
         "artifact of unknown job",
         404,
@@ -226,4 +236,5 @@ def test_bad_input_is_a_4xx_with_its_code(
     body = response.json()
     assert (response.status_code, body.get("code")) == (case.status, case.code), body
     assert isinstance(body["message"], str) and body["message"]
+    assert " at 0x" not in json.dumps(body)  # No Python object reprs (memory addresses) for clients.
     assert edit_queue(redis, settings).count == 0  # nothing half-accepted was enqueued

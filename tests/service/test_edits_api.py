@@ -54,6 +54,36 @@ def test_photo_and_latent_uploads_are_stored_by_content(client: TestClient, sett
     assert client.get(response.json()["url"]).json()["request"]["effort"] == settings.inversion_effort
 
 
+def test_multi_picture_jpeg_is_a_jpeg(client: TestClient, settings: Settings) -> None:
+    """Cameras and phones write JPEGs with a multi-picture segment, which PIL names MPO: accepted and
+    stored as a JPEG, and the worker reads its first picture."""
+    import io
+
+    from PIL import Image
+
+    from models.align import load_image
+
+    rng = np.random.default_rng(0)
+    first = Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    first.save(buffer, format="MPO", save_all=True, append_images=[first.rotate(90)], quality=95)
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "MPO" and getattr(im, "n_frames", 1) == 2
+    response = client.post(
+        "/v1/edits", files={"image": ("p.jpg", data, "image/jpeg")}, data={"primal": "smiling"}
+    )
+    assert response.status_code == 202, response.json()
+    source = client.get(response.json()["url"]).json()["request"]["source"]
+    assert source["kind"] == "image" and source["key"].endswith(".jpg")
+    with LocalStore(settings.store_path).open(source["key"]) as f:
+        picture = load_image(f.read(), max_pixels=10**6)
+    assert picture.shape == (48, 40, 3)
+    plain = io.BytesIO()
+    first.save(plain, format="JPEG", quality=95)
+    assert np.abs(picture.astype(int) - load_image(plain.getvalue(), max_pixels=10**6).astype(int)).max() <= 2
+
+
 def test_conditions_as_repeated_or_comma_separated_form_fields(client: TestClient) -> None:
     for conditions in (["young"], ["young,"]):
         response = client.post(
