@@ -33,6 +33,7 @@ FIELD_CODES = {
     "effort": "invalid_effort",
     "source_job": "invalid_source_job",
 }
+MAX_DETAIL_ERRORS = 20  # Validation errors listed in a 422's `detail`.
 STATUS_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -110,7 +111,10 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
-        return JSONResponse(status_code=422, content=error_body(code, message, _plain_errors(errors)))
+        if len(errors) > MAX_DETAIL_ERRORS:  # The body stays small whatever the request.
+            message += f" ({len(errors)} errors; detail lists the first {MAX_DETAIL_ERRORS})"
+        detail = _plain_errors(errors[:MAX_DETAIL_ERRORS])
+        return JSONResponse(status_code=422, content=error_body(code, message, detail))
 
     async def handle_redis_error(request: Request, exc: Exception) -> JSONResponse:
         body = error_body("redis_unavailable", f"Redis is not reachable: {exc}")

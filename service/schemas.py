@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 
 class ErrorPublic(BaseModel):
@@ -80,6 +80,58 @@ def finite_json(value: Any) -> Any:
     return value
 
 
+MAX_LATENT_VALUES = 2**20  # A single latent is at most num_ws * w_dim values (18 * 512 for FFHQ).
+
+
+def _json_latent(value: Any) -> Any:
+    """Check a JSON latent in one pass: lists nested 1 to 3 deep, of numbers (not booleans), at most
+    `MAX_LATENT_VALUES` of them. The first bad entry is the one error, so a large bad body cannot make
+    an error list (and response) many times its size, as typing the field as a union of nested
+    `list[float]` would. Shape and values are checked against the pack by `service.uploads.check_latent`.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError("must be a list of numbers (or of lists of numbers)")
+    count = 0
+    pending: list[tuple[list[Any], int]] = [(value, 1)]
+    while pending:
+        items, depth = pending.pop()
+        for item in items:
+            if isinstance(item, list):
+                if depth == 3:
+                    raise ValueError("lists nest at most 3 deep ([1, num_ws, w_dim])")
+                pending.append((item, depth + 1))
+                continue
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise ValueError(f"entries must be numbers, got {type(item).__name__}")
+            if isinstance(item, int) and abs(item) > 2**64:
+                raise ValueError("a number is out of range")
+            count += 1
+            if count > MAX_LATENT_VALUES:
+                raise ValueError(f"holds more than {MAX_LATENT_VALUES} numbers")
+    return value
+
+
+JsonLatent = Annotated[
+    Any,
+    BeforeValidator(_json_latent),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"type": "number"}},
+                {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                {
+                    "type": "array",
+                    "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                },
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
 # An integer, never a boolean (form fields still arrive as digit strings, so not pydantic's strict mode).
 StrictInt = Annotated[int, BeforeValidator(_not_a_bool)]
 AttributeName = Annotated[str, Field(pattern=ATTRIBUTE_PATTERN)]
@@ -143,7 +195,7 @@ class EditCreate(EditParams):
     )
 
     seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed of a generated face.")
-    latent: list[float] | list[list[float]] | list[list[list[float]]] | None = Field(
+    latent: JsonLatent = Field(
         default=None,
         description="A latent as nested lists: [w_dim], [1, w_dim], [num_ws, w_dim] or [1, num_ws, w_dim].",
     )

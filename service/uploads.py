@@ -11,16 +11,16 @@ import warnings
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from service.errors import ApiError
+from service.schemas import MAX_LATENT_VALUES
 
 # Upload format -> file extension of the stored photo. PIL names a JPEG that carries a multi-picture
 # (MPF) segment, as many cameras and phones write, MPO; its first picture is the photo.
 PHOTO_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp"}
 # Formats recognised only to be refused with 415; no other PIL plugin ever parses an upload.
 SNIFFED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
-MAX_LATENT_VALUES = 2**20  # A single latent is at most num_ws * w_dim values (18 * 512 for FFHQ).
 MAX_LATENT_ABS = 1e4  # Largest |value| accepted in a latent; real ones lie within a few tens of zero.
 
 
@@ -42,7 +42,7 @@ def check_photo(data: bytes, *, max_pixels: int) -> str:
             opened = Image.open(io.BytesIO(data), formats=SNIFFED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ApiError(422, "image_too_large", str(exc)) from None
-    except Image.UnidentifiedImageError:  # Its message names a Python object: not for clients.
+    except UnidentifiedImageError:  # Its message names a Python object: not for clients.
         raise ApiError(422, "image_undecodable", "not a readable image: no PNG, JPEG or WebP data") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ...
         raise ApiError(422, "image_undecodable", f"not a readable image: {exc}") from None

@@ -104,6 +104,13 @@ CASES = [
         raw=b'{"latent": ' + b"[" * 200000 + b"]" * 200000 + b"}",
     ),
     Case("latent not numbers", 422, "invalid_latent", json={**OK, "latent": "zeros"}),
+    Case("latent of strings", 422, "invalid_latent", json={**OK, "latent": ["a"] * W_DIM}),
+    Case("latent of booleans", 422, "invalid_latent", json={**OK, "latent": [True] * W_DIM}),
+    Case("latent of objects", 422, "invalid_latent", json={**OK, "latent": [[{"x": 1}] * W_DIM]}),
+    Case("latent nested 4 deep", 422, "invalid_latent", json={**OK, "latent": [[[[0.0] * W_DIM]]]}),
+    Case("latent huge integer", 422, "invalid_latent", json={**OK, "latent": [10**400] + [0] * (W_DIM - 1)}),
+    Case("latent of integers, wrong shape", 422, "invalid_latent_shape", json={**OK, "latent": [0] * 3}),
+    Case("latent too many numbers", 422, "invalid_latent", json={**OK, "latent": [[0] * 1024] * 1025}),
     Case("source job unknown", 404, "source_job_not_found", json={**OK, "source_job": MISSING}),
     Case("source job malformed", 422, "invalid_source_job", json={**OK, "source_job": "../../etc"}),
     # Bodies and content types.
@@ -210,6 +217,25 @@ CASES = [
     Case("unknown route", 404, "not_found", method="GET", url="/v1/nowhere"),
     Case("wrong method", 405, "method_not_allowed", method="PUT", url="/v1/edits"),
 ]
+
+
+def test_a_large_bad_latent_is_one_short_error(client: TestClient) -> None:
+    """A body of a million bad entries gives one error, not one (or three) per entry."""
+    body = b'{"primal": "smiling", "latent": [' + b",".join([b'"a"'] * 1_000_000) + b"]}"
+    response = client.post("/v1/edits", content=body, headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_latent")
+    assert len(response.content) < 2000 and len(response.json()["detail"]) == 1
+
+
+def test_the_422_detail_is_capped(client: TestClient) -> None:
+    body = {"primal": "#", "conditions": ["#"] * 4, "steps": "x", "step": "x", "lambda1": "x", "lambda2": "x",
+            "seed": "x", "direction": "x", "directions": "x", "effort": "x", "target_score": "x",
+            "truncation_psi": "x", "source_job": 1, "latent": "x", "foo": 1, "bar": 2, "baz": 3, "qux": 4,
+            "quux": 5, "corge": 6, "grault": 7}  # fmt: skip
+    response = client.post("/v1/edits", json=body)
+    payload = response.json()
+    assert response.status_code == 422 and len(payload["detail"]) == 20
+    assert "errors; detail lists the first 20" in payload["message"]
 
 
 def send(client: TestClient, case: Case) -> Any:
