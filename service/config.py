@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(default=24 * 3600, ge=60)  # Jobs, results and artifacts expire after.
     inversion_effort: Literal["encoder", "fast", "balanced", "best"] = "balanced"  # Photos by default.
     maintenance_interval_s: int = Field(default=60, ge=1)  # Worker: registries and store expiry.
+    # Worker liveness: a worker heartbeats at least this often, idle or running a job. One that stops
+    # (killed, say) leaves /readyz within heartbeat + 75 s, and its job is retried by the next
+    # maintenance after heartbeat + 60 s.
+    worker_heartbeat_s: int = Field(default=10, ge=1, le=300)
 
     @field_validator("device")
     @classmethod

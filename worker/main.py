@@ -7,16 +7,20 @@ here together: JSON serialization everywhere, never pickle.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 import time
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
-from rq.worker import WorkerStatus
+from rq.worker import BaseWorker, WorkerStatus
 
 from service.config import Settings
 from service.queue import EDIT_TASK, WORKER_PACK_KEY, edit_queue
@@ -55,13 +59,29 @@ def job_refusal(job: Job) -> str | None:
 
 class PackWorker(SimpleWorker):
     """A `SimpleWorker` that holds a loaded model pack, says so in Redis (`/readyz` reads it), and
-    expires old artifacts during its maintenance."""
+    expires old artifacts during its maintenance.
+
+    It heartbeats every `worker_heartbeat_s` (h), idle or busy, where rq's `SimpleWorker` would not
+    while it runs a job: idle, it waits on the queue at most h seconds at a time (`worker_ttl` = h + 15);
+    busy, a thread renews the worker's and the job's leases every h seconds for h + 60 seconds. So a
+    worker that dies (killed, out of memory) drops out of `/readyz` within h + 75 s, and its job's lease
+    runs out h + 60 s after its last beat, for the next maintenance of any worker to retry it, instead
+    of the job timeout plus a minute.
+    """
 
     def __init__(self, queues: list[Queue], *, context: WorkerContext, **kwargs: Any) -> None:
+        beat = context.settings.worker_heartbeat_s
         kwargs.setdefault("serializer", JSONSerializer)
         kwargs.setdefault("maintenance_interval", context.settings.maintenance_interval_s)
+        kwargs.setdefault("worker_ttl", beat + 15)  # rq blocks on the queue for worker_ttl - 15 s.
+        kwargs.setdefault("job_monitoring_interval", beat)
         super().__init__(queues, **kwargs)
         self.context = context
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # A lease of one heartbeat plus a minute (rq's rule for workers that beat while a job runs);
+        # SimpleWorker's is the job's whole timeout plus a minute.
+        return int(BaseWorker.get_heartbeat_ttl(self, job, working_time))
 
     def _announce(self, ttl: int) -> None:
         self.connection.set(WORKER_PACK_KEY.format(self.name), self.context.pack_id, ex=max(ttl, 1))
@@ -76,7 +96,7 @@ class PackWorker(SimpleWorker):
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         super().heartbeat(timeout, pipeline)
-        self._announce((timeout or self.worker_ttl) + 60)
+        self._announce(timeout or self.worker_ttl + 60)  # Expires with the worker's own record.
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
@@ -91,7 +111,30 @@ class PackWorker(SimpleWorker):
             self._refuse_job(job, queue, refusal)
             return
         set_context(self.context)
-        super().execute_job(job, queue)
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beats = threading.Thread(
+            target=self._beat, args=(job, execution, stop), name=f"heartbeat-{job.id}", daemon=True
+        )
+        beats.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beats.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
+        """Renew the worker's and the running job's leases every `job_monitoring_interval` seconds.
+
+        rq renews a registry entry only while it exists (`xx`), so a beat that comes just after the
+        job's end re-creates nothing.
+        """
+        while not stop.wait(self.job_monitoring_interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except RedisError as exc:  # Redis away for a moment: the next beat tries again.
+                log.warning("heartbeat of job %s failed: %s", job.id, exc)
 
     def _refuse_job(self, job: Job, queue: Queue, reason: str) -> None:
         """Mark `job` failed with code `forbidden_job`, without running or importing anything it names."""
@@ -118,6 +161,7 @@ def make_worker(
     settings: Settings, connection: Redis, *, context: WorkerContext | None = None, name: str | None = None
 ) -> PackWorker:
     """A worker on the edit queue; loads the pack unless a `context` is given."""
+    importlib.import_module(EDIT_TASK.rpartition(".")[0])  # A broken task module fails here, not per job.
     context = context or build_context(settings)
     set_context(context)
     queue = edit_queue(connection, settings)
