@@ -40,7 +40,9 @@ class RosinalityCheckpoint(NamedTuple):
     """A converted checkpoint: the generator and what the converter inferred."""
 
     generator: Generator
-    channel_multiplier: float  # rosinality's channel_multiplier, channel_base / 16384.
+    # rosinality's channel_multiplier, channel_base / 16384; None when every layer has the widest
+    # width (sizes up to 32), which any multiplier >= size / 32 gives.
+    channel_multiplier: float | None
     latent_avg_found: bool  # False: `mapping.w_avg` was estimated (see `load_rosinality`).
 
 
@@ -197,4 +199,5 @@ def load_rosinality(
         with torch.no_grad():
             z = torch.randn([w_avg_samples, style_dim], generator=gen)
             G.mapping.w_avg.copy_(G.mapping(z, None)[:, 0].mean(dim=0))
-    return RosinalityCheckpoint(G, channel_base / 16384, latent_avg is not None)
+    multiplier = channel_base / 16384 if len(set(channels.values())) > 1 else None
+    return RosinalityCheckpoint(G, multiplier, latent_avg is not None)

@@ -217,6 +217,17 @@ def test_training_checkpoint_without_latent_avg(tmp_path: Path) -> None:
     assert (result.generator.mapping.w_avg - expected).abs().max() < 1e-4
 
 
+def test_channel_multiplier_is_known_only_from_narrower_layers(tmp_path: Path) -> None:
+    """rosinality's widths are min(512, 16384 * m / res) (here scaled down): the multiplier shows only
+    where a layer is narrower than the widest; with every layer equally wide it is unknown."""
+    cases = [({4: 16, 8: 16, 16: 8}, 128 / 16384), ({4: 16, 8: 16, 16: 16}, None)]
+    for idx, (channels, expected) in enumerate(cases):
+        state = rosinality_state_dict(16, STYLE_DIM, N_MLP, channels)
+        path = write_rosinality(tmp_path / f"{idx}.pt", state, latent_avg=torch.zeros(STYLE_DIM))
+        with open(path, "rb") as f:
+            assert load_rosinality(f).channel_multiplier == expected
+
+
 def test_leftover_and_missing_tensors_fail(converted, tmp_path: Path) -> None:
     state, latent_avg, _ = converted
     extra = {**state, "convs.0.conv.extra": torch.zeros(1)}
