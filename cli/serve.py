@@ -175,8 +175,9 @@ class Supervisor:
         """Restart the embedded Redis, on the same socket, after RESTART_DELAY_S if it died; then the
         workers. False when it keeps dying (the workers' rule), which stops everything.
 
-        The new Redis is empty: the workers are restarted because an rq worker that reconnects to it
-        does not register itself again, and `/readyz` would never see it.
+        The workers are stopped when the death is seen and started again once Redis is back: the new
+        Redis is empty, an rq worker that reconnects to it would not register itself again (`/readyz`
+        would never see it), and it could write job records there without their expiry.
         """
         assert self.redis is not None
         if self.redis_restart_at is not None:
@@ -191,8 +192,8 @@ class Supervisor:
                 self.redis.start()
             except RuntimeError as exc:  # It exited at once, or never answered (and was stopped).
                 return self._redis_died(f"embedded redis-server did not restart ({str(exc).rstrip(': ')})")
-            print(f"redis: redis-server restarted on {self.redis.url}; restarting the workers", flush=True)
-            self._restart_workers()
+            print(f"redis: redis-server restarted on {self.redis.url}; starting the workers", flush=True)
+            self._start_workers()
             return True
         process = self.redis.process
         if process is None or process.poll() is None:  # `poll` reaps a dead one: no zombie is left.
@@ -215,17 +216,18 @@ class Supervisor:
             return False
         print(
             f"error: the {what}; restarting it on {self.redis.url} in {RESTART_DELAY_S:g} s, empty (it saves "
-            "nothing: the queued and running jobs are lost)",
+            "nothing: the queued and running jobs are lost); stopping the workers until then",
             flush=True,
         )
+        self._terminate(self.workers)
+        self.workers = [None] * len(self.workers)
         self.redis_restart_at = time.monotonic() + RESTART_DELAY_S
         return True
 
-    def _restart_workers(self) -> None:
-        """Stop the workers, then start them all again at once, but those given up."""
-        self._terminate(self.workers)
+    def _start_workers(self) -> None:
+        """Start every worker at once, but those given up (after `_redis_died` stopped them)."""
         for i in range(len(self.workers)):
-            if self.restart_at.get(i, 0.0) != float("inf"):
+            if self.workers[i] is None and self.restart_at.get(i, 0.0) != float("inf"):
                 self.workers[i] = self._spawn_worker(i)
 
     @staticmethod

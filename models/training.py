@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 PsiSpec = float | tuple[float, float]
+AveragedFaces = Literal["positive", "all"]  # The faces an averaged direction is the mean over.
 
 
 class LabelledGenerator(Protocol):
@@ -426,7 +427,7 @@ def averaged_direction(
     classifier: AttributeClassifierLike,
     ws: torch.Tensor,
     *,
-    faces: str = "positive",
+    faces: AveragedFaces = "positive",
     batch_size: int = 32,
     synthesis_kwargs: dict[str, Any] | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -482,7 +483,7 @@ def averaged_direction(
         if on_step is not None:
             on_step(i + 1, num_batches)
     if count == 0:
-        raise ValueError(f"None of the {ws.shape[0]} faces is of class 1: no averaged direction")
+        raise ValueError(f"None of the {ws.shape[0]} faces is of class 1")
     return _unit(total / count, "averaged")
 
 

@@ -31,7 +31,7 @@ class StoreKeyError(ValueError):
 
 def check_key(key: str) -> str:
     """Return `key` if it is a valid store key (no `..`, no absolute path), else raise `StoreKeyError`."""
-    if len(key) > 512 or not _KEY.match(key) or ".." in key.split("/"):
+    if len(key) > 512 or not _KEY.fullmatch(key) or ".." in key.split("/"):
         raise StoreKeyError(f"invalid store key {key!r}")
     return key
 

@@ -81,7 +81,8 @@ class PackWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # A lease of one heartbeat plus a minute (rq's rule for workers that beat while a job runs);
         # SimpleWorker's is the job's whole timeout plus a minute.
-        return int(BaseWorker.get_heartbeat_ttl(self, job, working_time))
+        ttl: int = BaseWorker.get_heartbeat_ttl(self, job, working_time)
+        return max(ttl, 1)  # rq's rule reaches -1 (no expiry) once the job is past its timeout.
 
     def _announce(self, ttl: int) -> None:
         self.connection.set(WORKER_PACK_KEY.format(self.name), self.context.pack_id, ex=max(ttl, 1))
@@ -127,14 +128,23 @@ class PackWorker(SimpleWorker):
     def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
         """Renew the worker's and the running job's leases every `job_monitoring_interval` seconds.
 
-        rq renews a registry entry only while it exists (`xx`), so a beat that comes just after the
-        job's end re-creates nothing.
+        It stops beating once the job has run past its timeout by a minute: rq's death penalty (a
+        SIGALRM) cannot interrupt a main thread stuck outside Python, and such a worker must drop out
+        of `/readyz` and lose its job's lease as a silent one would. A beat just after the job's end
+        renews no registry entry (rq renews those only while they exist) and leaves at most an
+        execution record that expires with its lease.
         """
+        started = time.monotonic()
         while not stop.wait(self.job_monitoring_interval):
+            if job.timeout is not None and job.timeout > 0 and time.monotonic() - started > job.timeout + 60:
+                log.error("job %s is more than a minute past its timeout; no more heartbeats", job.id)
+                return
             try:
                 self.maintain_heartbeats(job, execution)
             except RedisError as exc:  # Redis away for a moment: the next beat tries again.
                 log.warning("heartbeat of job %s failed: %s", job.id, exc)
+            except Exception:  # A dead thread would let the lease run out under a running job.
+                log.exception("heartbeat of job %s failed", job.id)
 
     def _refuse_job(self, job: Job, queue: Queue, reason: str) -> None:
         """Mark `job` failed with code `forbidden_job`, without running or importing anything it names."""

@@ -150,7 +150,8 @@ def load_rosinality(
         w_avg_seed: Seed of those latents.
 
     Returns:
-        The generator (eval mode, no gradients), the channel multiplier, and whether latent_avg was found.
+        The generator (eval mode, no gradients), the channel multiplier (None when no layer is narrower
+        than the widest, which any large enough multiplier gives), and whether latent_avg was found.
 
     Raises:
         ConvertError: If the file is not such a checkpoint, or a tensor is left over, missing or misshapen.

@@ -67,7 +67,7 @@ def test_job_of_a_killed_worker_is_retried(
 
     # What a live worker's maintenance does once the dead one's lease has run out: a minute and a
     # heartbeat after its last beat (the lease is not out before it).
-    registry.cleanup(timestamp=time.time() - 5)
+    registry.cleanup(timestamp=killed_at + 60 - 2)
     assert Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status().value == "started"
     registry.cleanup(timestamp=killed_at + 1 + 60 + 1)
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)

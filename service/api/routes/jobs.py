@@ -93,7 +93,7 @@ def get_artifact(job_id: str, name: str, settings: SettingsDep) -> StreamingResp
     fetch_job(redis_client(settings), job_id)  # 404 for unknown or expired jobs
     store = open_store(settings.store_path)
     key = f"jobs/{job_id}/{name}"
-    if not ARTIFACT_NAME.match(name) or not store.exists(key):
+    if not ARTIFACT_NAME.fullmatch(name) or not store.exists(key):
         raise ApiError(404, "artifact_not_found", f"job {job_id} has no artifact {name[:128]!r}")
     suffix = "." + name.rsplit(".", 1)[-1]
     media_type = _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
