@@ -63,6 +63,7 @@ from models.pack import (
     save_pack,
 )
 from models.training import (
+    AveragedFaces,
     averaged_direction,
     classifier_accuracy,
     ganspace_directions,
@@ -113,6 +114,9 @@ class DemoPackConfig:
     svm_samples: int = 10_000
     svm_c: float = 0.01
     averaged_samples: int = 512
+    # The faces the averaged direction is the mean over: every sampled face, as the committed pack was
+    # built ('positive', the official script's class-1 faces, is `averaged_direction`'s default).
+    averaged_faces: AveragedFaces = "all"
     ganspace_samples: int = 10_000
     ganspace_components: int = 20
     # Encoder.
@@ -220,7 +224,9 @@ def _directions(
         on_progress("directions: interfacegan", i + 1, len(ATTRIBUTES))
     avg_ws = ws[: config.averaged_samples]
     for i, name in enumerate(ATTRIBUTES):
-        directions[name]["averaged"] = averaged_direction(G, steering[name], avg_ws, device="cpu")
+        directions[name]["averaged"] = averaged_direction(
+            G, steering[name], avg_ws, faces=config.averaged_faces, device="cpu"
+        )
         on_progress("directions: averaged", i + 1, len(ATTRIBUTES))
     ganspace = ganspace_directions(
         ws[: config.ganspace_samples],

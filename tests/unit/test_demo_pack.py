@@ -54,7 +54,8 @@ def test_the_default_config_is_the_committed_packs(pack: ModelPack) -> None:
     # Settings added after the build keep what it did.
     assert pack.encoder is not None
     assert defaults["encoder_width"] == pack.encoder.init_kwargs.get("width", 16)
-    assert set(defaults) - set(recorded) <= {"encoder_width"}
+    assert set(defaults) - set(recorded) <= {"encoder_width", "averaged_faces"}
+    assert defaults["averaged_faces"] == "all"  # The committed pack's averaged directions: every face.
 
 
 def test_contents(pack: ModelPack) -> None:
