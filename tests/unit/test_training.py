@@ -268,12 +268,17 @@ class BrightnessClassifier(torch.nn.Module):
         return torch.stack([torch.zeros_like(margin), margin], dim=1)
 
 
-def test_averaged_direction_recovers_mean_gradient() -> None:
-    gen = torch.Generator().manual_seed(0)
+def brightness_world(seed: int) -> tuple[torch.Tensor, torch.Tensor, BrightnessGenerator, torch.Generator]:
+    """Orthonormal u, v in 16 dimensions, the `BrightnessGenerator` on them, and the seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
     u = unit(torch.randn(16, generator=gen, dtype=torch.float64))
     v = torch.randn(16, generator=gen, dtype=torch.float64)
     v = unit(v - (v @ u) * u)
-    G = BrightnessGenerator(u, v)
+    return u, v, BrightnessGenerator(u, v), gen
+
+
+def test_averaged_direction_recovers_mean_gradient() -> None:
+    u, v, G, gen = brightness_world(0)
     w = torch.randn(200, 16, generator=gen, dtype=torch.float64)
     w = torch.cat([w, -w])  # d(-w) mirrors d(w) about u, so the mean of the unit directions is along u
     calls: list[tuple[int, int]] = []
@@ -299,11 +304,7 @@ def test_averaged_direction_recovers_mean_gradient() -> None:
 def test_averaged_direction_over_class_1_faces_as_the_official_script() -> None:
     """The default averages over the faces of class 1 only (`train_attr_level_direction.py` skips the
     others), whatever the batching; with no face of class 1 there is no direction."""
-    gen = torch.Generator().manual_seed(1)
-    u = unit(torch.randn(16, generator=gen, dtype=torch.float64))
-    v = torch.randn(16, generator=gen, dtype=torch.float64)
-    v = unit(v - (v @ u) * u)
-    G = BrightnessGenerator(u, v)
+    u, v, G, gen = brightness_world(1)
     w = torch.randn(120, 16, generator=gen, dtype=torch.float64)
     positive = (w @ u + 0.5 * (w @ v) ** 2) > 0  # Brightness > 0: class 1.
     assert 20 < int(positive.sum()) < 100
