@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -141,10 +140,9 @@ class PackWorker(SimpleWorker):
                 return
             try:
                 self.maintain_heartbeats(job, execution)
-            except RedisError as exc:  # Redis away for a moment: the next beat tries again.
-                log.warning("heartbeat of job %s failed: %s", job.id, exc)
-            except Exception:  # A dead thread would let the lease run out under a running job.
-                log.exception("heartbeat of job %s failed", job.id)
+            except Exception as exc:  # Redis away for a moment, say: the next beat tries again (a dead
+                # thread would let the lease run out under a running job).
+                log.warning("heartbeat of job %s failed: %s: %s", job.id, type(exc).__name__, exc)
 
     def _refuse_job(self, job: Job, queue: Queue, reason: str) -> None:
         """Mark `job` failed with code `forbidden_job`, without running or importing anything it names."""
