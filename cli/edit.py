@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
     params["stopped_at"] = result.stopped_at
+    params["stop_reason"] = result.stop_reason
     write_edit(
         Path(args.out),
         pixels=to_uint8(result.images),
@@ -165,7 +166,7 @@ def write_edit(
     image_module.fromarray(np.concatenate(pictures, axis=1)).save(out / "strip.png")
     with open(out / "latents.npy", "wb") as f:
         np.save(f, latents.astype(np.float32))
-    scores = scores_table(steering, evaluated, params["stopped_at"])
+    scores = scores_table(steering, evaluated, params["stopped_at"], params.get("stop_reason"))
     frames = scores["frames"]
     (out / "scores.json").write_text(json.dumps(scores, indent=2, allow_nan=False))
     (out / "edit.json").write_text(json.dumps(params, indent=2, allow_nan=False))
@@ -173,5 +174,11 @@ def write_edit(
     first, last = frames[0]["steering"], frames[-1]["steering"]
     for name in steering:
         print(f"  {name}: {first[name]:.3f} -> {last[name]:.3f}")
-    if params["stopped_at"] < len(pictures) - 1:
-        print(f"  the primal reached --target-score at frame {params['stopped_at']}; later frames repeat it")
+    stopped_at = params["stopped_at"]
+    if params.get("stop_reason") == "degenerate":
+        print(
+            f"  at frame {stopped_at} the primal direction fell into the span of the conditions "
+            "(nothing left to move along); later frames repeat it"
+        )
+    elif stopped_at < len(pictures) - 1:
+        print(f"  the primal reached --target-score at frame {stopped_at}; later frames repeat it")

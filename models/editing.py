@@ -51,8 +51,9 @@ class PackEditResult:
         steering: Attribute name -> F probabilities of its steering classifier.
         evaluated: Attribute name -> F probabilities of its independent evaluator (attributes that
             have one).
-        stopped_at: The frame at which the primal reached `target_score` (later frames repeat it),
-            or `steps`.
+        stopped_at: The frame at which the edit stopped (later frames repeat it), or `steps`.
+        stop_reason: Why it stopped early: 'target_score' (the primal reached it) or 'degenerate'
+            (the primal direction fell into the span of the conditions), or None.
     """
 
     ws: torch.Tensor
@@ -60,6 +61,7 @@ class PackEditResult:
     steering: dict[str, list[float]]
     evaluated: dict[str, list[float]]
     stopped_at: int
+    stop_reason: str | None = None
 
 
 def check_edit_attributes(pack: ModelPack, primal: str, conditions: Sequence[str], kind: str) -> None:
@@ -178,6 +180,13 @@ def edit_with_pack(
         device=pack.device,
     )
     assert result.images is not None
+    stopped_at = int(result.stopped_at[0])
+    degenerate = bool(result.degenerate[0])
+    if degenerate and stopped_at == 0:
+        raise ValueError(
+            "the primal direction lies in the span of the conditions at the start: no direction changes "
+            "the primal and keeps them; drop a condition or raise lambda1"
+        )
     scores_finite = all(bool(torch.isfinite(scores).all()) for scores in result.scores.values())
     if not (bool(torch.isfinite(result.ws).all()) and scores_finite):
         raise EditDivergedError(
@@ -196,15 +205,19 @@ def edit_with_pack(
         images=images,
         steering={name: scores[0].cpu().tolist() for name, scores in result.scores.items()},
         evaluated=evaluated,
-        stopped_at=int(result.stopped_at[0]),
+        stopped_at=stopped_at,
+        stop_reason="degenerate" if degenerate else "target_score" if stopped_at < steps else None,
     )
 
 
 def scores_table(
-    steering: dict[str, list[float]], evaluated: dict[str, list[float]], stopped_at: int
+    steering: dict[str, list[float]],
+    evaluated: dict[str, list[float]],
+    stopped_at: int,
+    stop_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The per-frame scores as written to `scores.json`: `{"stopped_at", "frames": [{"frame", "steering",
-    "evaluator"}, ...]}`."""
+    """The per-frame scores as written to `scores.json`: `{"stopped_at", "stop_reason", "frames":
+    [{"frame", "steering", "evaluator"}, ...]}`."""
     num_frames = len(next(iter(steering.values())))
     frames = [
         {
@@ -214,4 +227,4 @@ def scores_table(
         }
         for idx in range(num_frames)
     ]
-    return {"stopped_at": stopped_at, "frames": frames}
+    return {"stopped_at": stopped_at, "stop_reason": stop_reason, "frames": frames}

@@ -106,14 +106,17 @@ class EditResult:
         scores: Attribute name -> `[N, F]` class-1 probability of its steering classifier, for the
             primal and every condition attribute (NaN where `edit(scores=False)` did not run it).
         images: `[N, F, C, H, W]` in the generator's range, or None unless `return_images`.
-        stopped_at: `[N]` int64, the frame at which each sample reached `target_score` and stopped
-            (its later frames repeat that one), or `steps` if it never stopped.
+        stopped_at: `[N]` int64, the frame at which each sample stopped (its later frames repeat that
+            one), or `steps` if it never stopped: where it reached `target_score`, or where `degenerate`.
+        degenerate: `[N]` bool, True where a sample stopped because its primal direction fell into the
+            span of its conditions (no direction is left that changes the primal and keeps them).
     """
 
     ws: torch.Tensor
     scores: dict[str, torch.Tensor]
     images: torch.Tensor | None
     stopped_at: torch.Tensor
+    degenerate: torch.Tensor
 
 
 # ----------------------------------------------------------------------------
@@ -355,6 +358,22 @@ def conditional_direction(primal: torch.Tensor, conditions: Sequence[torch.Tenso
         ValueError: If shapes disagree, or if for some sample the primal lies in the span of the
             conditions (`||r|| <= rtol * ||p||`, which includes a zero primal).
     """
+    result, degenerate = _conditional_direction(primal, conditions)
+    if bool(degenerate.any()):
+        raise ValueError(
+            "The primal direction lies in the span of the conditions for samples "
+            f"{degenerate.nonzero().flatten().tolist()}"
+        )
+    if primal.ndim == 1 and all(cond.ndim == 1 for cond in conditions):
+        return result[0]
+    return result
+
+
+def _conditional_direction(
+    primal: torch.Tensor, conditions: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`conditional_direction` of every sample as `[N, w_dim]`, zero where degenerate, and the `[N]`
+    mask of the degenerate samples (the primal in the span of the conditions) instead of an error."""
     w_dim = primal.shape[-1]
     if primal.ndim not in (1, 2):
         raise ValueError(f"primal must have shape [w_dim] or [N, w_dim], got {tuple(primal.shape)}")
@@ -382,16 +401,10 @@ def conditional_direction(primal: torch.Tensor, conditions: Sequence[torch.Tenso
 
     # Degenerate primal.
     residual_norm = residual.norm(dim=-1)  # [N]
-    bad = residual_norm <= rtol * p.norm(dim=-1)
-    if bool(bad.any()):
-        raise ValueError(
-            "The primal direction lies in the span of the conditions for samples "
-            f"{bad.nonzero().flatten().tolist()}, got residual norms {residual_norm[bad].tolist()}"
-        )
-    result = torch.div(residual, residual_norm.unsqueeze(-1)).to(primal.dtype)  # [N, D]
-    if primal.ndim == 1 and all(cond.ndim == 1 for cond in conditions):
-        return result[0]
-    return result
+    degenerate = residual_norm <= rtol * p.norm(dim=-1)  # [N]
+    result = torch.div(residual, residual_norm.unsqueeze(-1).clamp_min(torch.finfo(torch.float64).tiny))
+    result = torch.where(degenerate.unsqueeze(-1), 0.0, result).to(primal.dtype)  # [N, D]
+    return result, degenerate
 
 
 def condition_directions(
@@ -508,7 +521,9 @@ def edit(
     forward under `torch.no_grad()` (unless `scores=False` and no images are asked for). With
     `target_score`, a sample whose primal probability at frame t has reached it (`>=` for step > 0,
     `<=` for step < 0) stops there: it leaves the forward batch and its later frames repeat frame t.
-    The loop ends when every sample has stopped.
+    So does a sample whose primal direction at frame t lies in the span of its conditions
+    (`conditional_direction` would raise; `EditResult.degenerate` marks it): a saturated classifier's
+    vanishing gradient with `lambda1 = 0`, say. The loop ends when every sample has stopped.
 
     Args:
         G: Generator with `synthesis`, `num_ws`, `w_dim`, already on `device`.
@@ -536,8 +551,7 @@ def edit(
         per attribute name, images `[N, steps + 1, C, H, W]` or None, and stopped_at `[N]`.
 
     Raises:
-        ValueError: On invalid hyperparameters, attribute names or latent shape, or if the primal
-            direction of some sample falls in the span of its conditions.
+        ValueError: On invalid hyperparameters, attribute names or latent shape.
     """
     if not scores and target_score is not None:
         raise ValueError("target_score needs the primal's scores (scores=True)")
@@ -568,6 +582,7 @@ def edit(
     frame_scores = ws.new_full((len(attributes), num_samples, num_frames), float("nan"))  # [K, N, F]
     images: torch.Tensor | None = None  # [N, F, C, H, W]
     stopped_at = torch.full((num_samples,), steps, dtype=torch.int64, device=device)
+    degenerate_at = torch.zeros(num_samples, dtype=torch.bool, device=device)
     active = torch.arange(num_samples, device=device)
 
     def record(frame: int, forward: SharedForward) -> None:
@@ -612,7 +627,14 @@ def edit(
         cond_vectors = condition_directions(
             levels[1:], None if lambda2 == 1 else list(directions[1:]), lambda2=lambda2
         )
-        update = step * conditional_direction(primal_direction, cond_vectors)  # [n, D]
+        direction, degenerate = _conditional_direction(primal_direction, cond_vectors)  # [n, D], [n]
+        if bool(degenerate.any()):  # Nothing of the primal is left to move along: the sample stops.
+            stopped_at[active[degenerate]] = t
+            degenerate_at[active[degenerate]] = True
+            active, direction = active[~degenerate], direction[~degenerate]
+            if active.numel() == 0:
+                break
+        update = step * direction  # [n, D]
         if w.ndim == 3:
             update = update.unsqueeze(1)  # [n, 1, D], the same for every row
         w[active] = w[active] + update
@@ -646,6 +668,7 @@ def edit(
         scores={attribute.name: frame_scores[k] for k, attribute in enumerate(attributes)},
         images=images,
         stopped_at=stopped_at,
+        degenerate=degenerate_at,
     )
 
 

@@ -96,8 +96,8 @@ def run_edit(request: dict[str, Any]) -> dict[str, Any]:
     """Run one accepted edit (`service.schemas.EditJob` as JSON) and write its artifacts.
 
     Returns:
-        `{"artifacts": [names], "timings", "input_latent", "stopped_at", "scores", ...}`, with any
-        non-finite float (an infinite PSNR, say) as None so that the result stays strict JSON.
+        `{"artifacts": [names], "timings", "input_latent", "stopped_at", "stop_reason", "scores", ...}`,
+        with any non-finite float (an infinite PSNR, say) as None so that the result stays strict JSON.
 
     Raises:
         Exception: Any error, after storing its code in `job.meta["error"]`.
@@ -179,7 +179,7 @@ def _run_edit(context: WorkerContext, request: EditJob, job_id: str, reporter: R
             "inversion": photo_state["reconstruction"],
             "pasted": paste_back(photo_state["original"], pictures[-1], photo_state["align"]),
         }
-    scores = scores_table(edited.steering, edited.evaluated, edited.stopped_at)
+    scores = scores_table(edited.steering, edited.evaluated, edited.stopped_at, edited.stop_reason)
     params = {**request.model_dump(), "pack": pack.manifest.get("name"), "noise_mode": "const"}
     names = write_edit_artifacts(
         store,
@@ -187,7 +187,7 @@ def _run_edit(context: WorkerContext, request: EditJob, job_id: str, reporter: R
         pictures=pictures,
         latents=edited.ws.cpu().numpy(),
         scores=scores,
-        params={**params, "stopped_at": edited.stopped_at},
+        params={**params, "stopped_at": edited.stopped_at, "stop_reason": edited.stop_reason},
         photo=photo,
     )
     reporter.done()
@@ -195,6 +195,7 @@ def _run_edit(context: WorkerContext, request: EditJob, job_id: str, reporter: R
         artifacts=names,
         timings=reporter.timings,
         stopped_at=edited.stopped_at,
+        stop_reason=edited.stop_reason,
         scores={name: {"first": v[0], "last": v[-1]} for name, v in edited.steering.items()},
         evaluator={name: {"first": v[0], "last": v[-1]} for name, v in edited.evaluated.items()},
     )

@@ -258,8 +258,9 @@ def test_edit_records_the_target_score_stop(tiny_pack_path: Path, tmp_path: Path
     assert main(argv) == 0
     scores = json.loads((out / "scores.json").read_text())
     stopped_at = scores["stopped_at"]
-    assert json.loads((out / "edit.json").read_text())["stopped_at"] == stopped_at
-    assert 1 <= stopped_at < 6
+    edit_json = json.loads((out / "edit.json").read_text())
+    assert (edit_json["stopped_at"], edit_json["stop_reason"]) == (stopped_at, "target_score")
+    assert 1 <= stopped_at < 6 and scores["stop_reason"] == "target_score"
     latents = np.load(out / "latents.npy")
     for frame in range(stopped_at + 1, 7):
         np.testing.assert_array_equal(latents[frame], latents[stopped_at])

@@ -71,6 +71,7 @@ def test_seed_edits_move_the_primal_both_ways(
     assert body["status"] == "finished", body["error"]
     assert body["stage"] == "done" and body["timings"]["edit"] > 0
     assert body["request"]["step"] == 0.3 and body["request"]["lambda2"] == 0.0  # the pack's default
+    assert (body["result"]["stopped_at"], body["result"]["stop_reason"]) == (6, None)
     rising = primal_scores(client, body, "smiling")
     assert len(rising) == 7 and rising[-1] > rising[0]
     falling = primal_scores(client, job(client, down), "smiling")

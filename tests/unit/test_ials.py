@@ -657,6 +657,48 @@ def test_edit_target_score_stops_samples(linear_pair: Any, sign: int) -> None:
     assert progress[-1] == (12, 12) and [i for i, _ in progress[:-1]] == list(range(1, max(stopped_at) + 1))
 
 
+class CappedClassifier(ChannelClassifier):
+    """`ChannelClassifier` whose brightness saturates at `cap`: past it the gradient is exactly zero."""
+
+    def __init__(self, channel: int, cap: float) -> None:
+        super().__init__(channel)
+        self.cap = cap
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return super().logits(images.clamp(max=self.cap))
+
+
+def test_edit_stops_samples_whose_primal_direction_degenerates(linear_pair: Any) -> None:
+    G, _, clf_b, u = linear_pair
+    primal = EditAttribute("a", CappedClassifier(0, cap=0.5), u[0])
+    cond = EditAttribute("b", clf_b, u[1])
+    # With lambda1 = 0 the primal direction is the classifier's gradient alone: zero past the cap.
+    # Sample 3 starts past it; the others reach it at different frames (brightness tanh(<w, u_A>)).
+    ws = torch.tensor([0.0, -0.4, -0.8, 3.0], dtype=torch.float64)[:, None] * u[0]
+    G.calls.clear()
+    result = edit(
+        G, ws, primal=primal, conditions=[cond], steps=20, step=0.2, lambda1=0.0, lambda2=0.0,
+        return_images=True, device="cpu",
+    )
+    stopped_at, degenerate = result.stopped_at.tolist(), result.degenerate.tolist()
+    assert degenerate == [True] * 4
+    assert stopped_at[3] == 0 and 0 < stopped_at[0] < stopped_at[1] < stopped_at[2] < 20
+    assert result.images is not None
+    for i, s in enumerate(stopped_at):
+        brightness = torch.tanh(result.ws[i] @ u[0] * G.row_weights.sum())  # [F]
+        assert brightness[s] >= 0.5 and (s == 0 or brightness[s - 1] < 0.5)
+        for frames in (result.ws, result.scores["a"], result.scores["b"], result.images):
+            assert torch.equal(frames[i, s:], frames[i, s : s + 1].expand_as(frames[i, s:]))
+    assert len(G.calls) == max(stopped_at) + 1  # Stopped samples leave the batch; no last-frame forward.
+
+    # An edit that never degenerates marks no sample, and the public function still refuses.
+    plain = edit(G, ws[:3], primal=primal, conditions=[cond], steps=2, step=0.2, lambda1=0.5, lambda2=0.0,
+                 device="cpu")
+    assert plain.degenerate.tolist() == [False] * 3 and plain.stopped_at.tolist() == [2] * 3
+    with pytest.raises(ValueError, match="span of the conditions"):
+        conditional_direction(torch.zeros(2, G.w_dim, dtype=torch.float64), [u[1]])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
