@@ -100,23 +100,23 @@ class DemoPackConfig:
     lr: float = 2e-3
     steering_width: int = 16
     # Optimiser steps: one count for every attribute, or one per attribute in the order of ATTRIBUTES.
-    steering_steps: int | tuple[int, ...] = 2500
+    steering_steps: int | tuple[int, ...] = (3500, 2500, 2500, 2500, 2500)
     steering_psi: tuple[float, float] = (0.7, 1.4)
     # Graded targets sigmoid(s * true logit): the margin keeps growing with the attribute, so the
     # latent gradient that IALS steers by points where the attribute grows (None = hard labels).
     steering_label_sharpness: float | None = 3.0
     evaluator_arch: str = "resnet34"
     evaluator_width: int = 12
-    evaluator_steps: int | tuple[int, ...] = 1500
+    evaluator_steps: int | tuple[int, ...] = (2500, 2500, 1500, 1500, 1500)
     evaluator_psi: tuple[float, float] = (0.6, 1.5)
     evaluator_label_sharpness: float | None = None
     # Attribute-level directions.
     svm_samples: int = 10_000
     svm_c: float = 0.01
     averaged_samples: int = 512
-    # The faces the averaged direction is the mean over: every sampled face, as the committed pack was
-    # built ('positive', the official script's class-1 faces, is `averaged_direction`'s default).
-    averaged_faces: AveragedFaces = "all"
+    # The faces the averaged direction is the mean over: 'positive', those the steering classifier puts
+    # in class 1, as the official `train_attr_level_direction.py`; or 'all'.
+    averaged_faces: AveragedFaces = "positive"
     ganspace_samples: int = 10_000
     ganspace_components: int = 20
     # Encoder.

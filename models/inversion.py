@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.misc import assert_shape
+from models.misc import assert_shape, conv_layout
 from models.networks.classifier import AttributeClassifier
 from models.training import PsiSpec, _check_psi, _lr_factor
 
@@ -207,7 +207,7 @@ class VGG16Perceptual(PerceptualNetwork):
             x = F.interpolate(x, size=(self.max_resolution, self.max_resolution), mode="area")
         mean = torch.tensor(_IMAGENET_MEAN, device=x.device).reshape(1, 3, 1, 1)
         std = torch.tensor(_IMAGENET_STD, device=x.device).reshape(1, 3, 1, 1)
-        x = (x - mean) / std
+        x = conv_layout((x - mean) / std)
         out = []
         for idx, module in enumerate(self.features_net):
             x = module(x)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["assert_shape", "record_init_kwargs"]
+__all__ = ["assert_shape", "conv_layout", "record_init_kwargs"]
 
 
 def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[int | None]) -> None:
@@ -32,6 +32,19 @@ def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[int | None]) -> None:
             raise AssertionError(
                 f"Wrong size for dimension {idx}: got {size} in {tuple(tensor.shape)}, expected {ref_size}"
             )
+
+
+def conv_layout(x: torch.Tensor) -> torch.Tensor:
+    """`x` `[N, C, H, W]` in the memory layout its device's convolutions run fastest in.
+
+    On the CPU that is channels-last (NHWC): oneDNN convolves in it without reordering every
+    activation, 0.8 to 0.88 times the time of the default layout for the classifiers and the encoder
+    (`bench/cpu_speedups.py`). Elsewhere `x` is returned as it is. Values are unchanged; the sums may
+    be ordered differently, so results can differ in the last bits.
+    """
+    if x.device.type == "cpu" and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 ModuleT = TypeVar("ModuleT", bound=type)

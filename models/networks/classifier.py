@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.misc import assert_shape, record_init_kwargs
+from models.misc import assert_shape, conv_layout, record_init_kwargs
 
 __all__ = ["ARCHS", "AttributeClassifier", "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
 
@@ -248,7 +248,7 @@ class AttributeClassifier(nn.Module):
                 to 3 channels), any resolution.
 
         Returns:
-            The network input, `[N, 3, input_resolution, input_resolution]`.
+            The network input, `[N, 3, input_resolution, input_resolution]` (in `conv_layout`).
         """
         if images.ndim == 4 and images.shape[1] == 1:
             images = images.expand(-1, self.img_channels, -1, -1)  # [N, 3, H, W]
@@ -267,7 +267,7 @@ class AttributeClassifier(nn.Module):
 
         if self.use_normalization:
             x = (x - self.mean) / self.std
-        return x  # [N, 3, R, R]
+        return conv_layout(x)  # [N, 3, R, R]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify preprocessed images.

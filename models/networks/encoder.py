@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.misc import assert_shape, record_init_kwargs
+from models.misc import assert_shape, conv_layout, record_init_kwargs
 
 __all__ = ["LatentEncoder"]
 
@@ -97,7 +97,7 @@ class LatentEncoder(nn.Module):
             x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(
                 x, size=size, mode="bilinear", align_corners=False
             )
-        x = F.leaky_relu(self.from_rgb(x), 0.2)
+        x = F.leaky_relu(self.from_rgb(conv_layout(x)), 0.2)
         x = self.blocks(x)
         x = F.leaky_relu(self.fc(x.flatten(1)), 0.2)
         offsets: torch.Tensor = self.out(x).reshape(-1, self.num_ws, self.w_dim)
