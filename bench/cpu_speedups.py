@@ -1,17 +1,18 @@
-"""Measure two CPU speed-ups that the code does not use, side by side with the code as it runs.
+"""Measure two CPU speed-ups for the demo pack's build and edits, side by side.
 
-1. `torch.compile` of the procedural renderer (inductor, fused C++ kernels): the renderer's forward and
-   backward to `w+` on `--faces` faces, the backward being most of an IALS gradient. The compile time
-   is measured cold (an empty inductor cache); every worker process would pay it for every input shape.
-2. The channels-last memory format for the convolutional networks (network and input): one training
-   step of a steering classifier (ResNet-18) and an evaluator (ResNet-34) at the build's width and
-   batch, one encoder training step (latent and pixel loss through the renderer), and a steering
-   classifier's forward and backward to the images on `--faces` faces (its part of an IALS gradient).
+1. The channels-last memory format for the convolutional networks, which the code uses on the CPU
+   (`models.misc.conv_layout`), against the default layout (`conv_layout` replaced by the identity):
+   one training step of a steering classifier (ResNet-18) and an evaluator (ResNet-34) at the build's
+   width and batch, one encoder training step (latent and pixel loss through the renderer), and a
+   steering classifier's forward and backward to the images on `--faces` faces (its part of an IALS
+   gradient).
+2. `torch.compile` of the procedural renderer (inductor, fused C++ kernels), which the code does not
+   use: the renderer's forward and backward to `w+` on `--faces` faces, the backward being most of an
+   IALS gradient. The compile time is measured cold (an empty inductor cache); every worker process
+   would pay it for every input shape.
 
 Each pair runs alternately, `--repeat` rounds; the script prints the median seconds of both and their
-ratio. Either changes the pack's weights and measurements in the last bits, so the committed demo pack
-would have to be rebuilt: a rebuild with channels-last gave a smiling evaluator 0.968 accurate on the
-report's 2,000 faces, under the 0.97 bar (the committed one: 0.9745).
+ratio.
 
 Usage: python bench/cpu_speedups.py [--faces 200] [--repeat 3] [--threads 1] [--skip-compile]
 """
@@ -19,17 +20,44 @@ Usage: python bench/cpu_speedups.py [--faces 200] [--repeat 3] [--threads 1] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from models.demo_pack import DemoPackConfig, _classifiers, _new_encoder, _world
 from models.training import sample_training_ws
+
+
+@contextlib.contextmanager
+def default_layout() -> Iterator[None]:
+    """Run the networks in the default (NCHW) layout: `conv_layout` where they call it is the identity."""
+    import models.inversion as inversion_module
+    import models.networks.classifier as classifier_module
+    import models.networks.encoder as encoder_module
+
+    modules = (classifier_module, encoder_module, inversion_module)
+    saved = [module.conv_layout for module in modules]
+    for module in modules:
+        module.conv_layout = lambda x: x  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, layout in zip(modules, saved, strict=True):
+            module.conv_layout = layout  # type: ignore[attr-defined]
+
+
+def in_default_layout(fn: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        with default_layout():
+            fn()
+
+    return run
 
 
 def timed(fn: Callable[[], object], calls: int = 3) -> float:
@@ -46,7 +74,7 @@ def side_by_side(name: str, base: Callable[[], object], other: Callable[[], obje
         a.append(timed(base))
         b.append(timed(other))
     ta, tb = statistics.median(a), statistics.median(b)
-    print(f"{name}: {ta:.3f} s as it runs, {tb:.3f} s with the change, ratio {tb / ta:.2f}", flush=True)
+    print(f"{name}: {ta:.3f} s against {tb:.3f} s, ratio {tb / ta:.2f}", flush=True)
 
 
 def render_backward(
@@ -57,13 +85,10 @@ def render_backward(
     torch.autograd.grad(images, w, cotangent)
 
 
-def classifier_step(arch: str, width: int, batch: int, channels_last: bool) -> Callable[[], None]:
+def classifier_step(arch: str, width: int, batch: int) -> Callable[[], None]:
     net = _classifiers(arch, width, 64, 0)["smiling"].train()
     x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(2))
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
 
     def step() -> None:
@@ -75,7 +100,7 @@ def classifier_step(arch: str, width: int, batch: int, channels_last: bool) -> C
     return step
 
 
-def encoder_step(config: DemoPackConfig, channels_last: bool) -> Callable[[], None]:
+def encoder_step(config: DemoPackConfig) -> Callable[[], None]:
     G = _world(config)
     encoder = _new_encoder(G, config).train()
     ws = sample_training_ws(
@@ -84,9 +109,6 @@ def encoder_step(config: DemoPackConfig, channels_last: bool) -> Callable[[], No
     )
     with torch.no_grad():
         images = G.synthesis(ws, noise_mode="const")
-    if channels_last:
-        encoder = encoder.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(encoder.parameters(), 1e-3)
 
     def step() -> None:
@@ -100,11 +122,8 @@ def encoder_step(config: DemoPackConfig, channels_last: bool) -> Callable[[], No
     return step
 
 
-def classifier_gradient(faces: torch.Tensor, channels_last: bool) -> Callable[[], None]:
+def classifier_gradient(faces: torch.Tensor) -> Callable[[], None]:
     net = _classifiers("resnet18", DemoPackConfig().steering_width, 64, 0)["smiling"].eval()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        faces = faces.contiguous(memory_format=torch.channels_last)
     images = faces.detach().requires_grad_(True)
 
     def gradient() -> None:
@@ -133,6 +152,19 @@ def main() -> None:
         faces = G.synthesis(ws, noise_mode="const")
     print(f"{args.faces} faces, {args.threads} thread(s), median of {args.repeat} rounds", flush=True)
 
+    steering, evaluator = ("resnet18", config.steering_width), (config.evaluator_arch, config.evaluator_width)
+    print("default layout against channels-last:", flush=True)
+    for role, (arch, width) in (("steering", steering), ("evaluator", evaluator)):
+        step = classifier_step(arch, width, config.batch_size)
+        side_by_side(f"  {role} training step ({arch}, width {width}, batch {config.batch_size})",
+                     in_default_layout(step), step, args.repeat)
+    step = encoder_step(config)
+    side_by_side(f"  encoder training step (width {config.encoder_width}, batch {config.encoder_batch_size})",
+                 in_default_layout(step), step, args.repeat)
+    gradient = classifier_gradient(faces)
+    side_by_side("  steering classifier forward and backward to the images", in_default_layout(gradient),
+                 gradient, args.repeat)
+
     if not args.skip_compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # A cold compile.
         compiled = torch.compile(G.synthesis, dynamic=False)
@@ -145,20 +177,9 @@ def main() -> None:
         compiled_grad = torch.autograd.grad(compiled(w, noise_mode="const"), w, cotangent)[0]
         rel = float((compiled_grad - eager_grad).norm() / eager_grad.norm())
         print(f"  relative difference of the compiled gradient: {rel:.1e}", flush=True)
-        side_by_side("renderer forward and backward, compiled",
+        side_by_side("  renderer forward and backward, eager against compiled",
                      lambda: render_backward(G.synthesis, ws, cotangent),
                      lambda: render_backward(compiled, ws, cotangent), args.repeat)
-
-    steering, evaluator = ("resnet18", config.steering_width), (config.evaluator_arch, config.evaluator_width)
-    for role, (arch, width) in (("steering", steering), ("evaluator", evaluator)):
-        side_by_side(f"{role} training step ({arch}, width {width}, batch {config.batch_size}), "
-                     "channels-last",
-                     classifier_step(arch, width, config.batch_size, False),
-                     classifier_step(arch, width, config.batch_size, True), args.repeat)
-    side_by_side(f"encoder training step (width {config.encoder_width}, batch {config.encoder_batch_size}), "
-                 "channels-last", encoder_step(config, False), encoder_step(config, True), args.repeat)
-    side_by_side("steering classifier forward and backward to the images, channels-last",
-                 classifier_gradient(faces, False), classifier_gradient(faces, True), args.repeat)
 
 
 if __name__ == "__main__":

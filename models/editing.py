@@ -175,6 +175,7 @@ def edit_with_pack(
         lambda2=lambda2,
         target_score=target_score,
         return_images=True,
+        on_degenerate="stop",
         synthesis_kwargs=pack.edit_synthesis_kwargs,
         on_step=on_step,
         device=pack.device,
@@ -183,9 +184,10 @@ def edit_with_pack(
     stopped_at = int(result.stopped_at[0])
     degenerate = bool(result.degenerate[0])
     if degenerate and stopped_at == 0:
+        remedy = "raise lambda1" if lambda1 < 1 else "use other directions"
         raise ValueError(
             "the primal direction lies in the span of the conditions at the start: no direction changes "
-            "the primal and keeps them; drop a condition or raise lambda1"
+            f"the primal and keeps them; drop a condition or {remedy}"
         )
     scores_finite = all(bool(torch.isfinite(scores).all()) for scores in result.scores.values())
     if not (bool(torch.isfinite(result.ws).all()) and scores_finite):

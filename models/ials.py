@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 GradMode = Literal["retain", "batched"]
+OnDegenerate = Literal["raise", "stop"]
 
 
 class SynthesisGenerator(Protocol):
@@ -461,7 +462,10 @@ def _validate_edit(
     lambda2: float,
     target_score: float | None,
     grad_mode: str,
+    on_degenerate: str = "raise",
 ) -> None:
+    if on_degenerate not in ("raise", "stop"):
+        raise ValueError(f"on_degenerate must be 'raise' or 'stop', got {on_degenerate!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps}")
     if not (step != 0 and abs(step) < float("inf")):
@@ -501,6 +505,7 @@ def edit(
     scores: bool = True,
     synthesis_kwargs: dict[str, Any] | None = None,
     grad_mode: GradMode = "retain",
+    on_degenerate: OnDegenerate = "raise",
     on_step: Callable[[int, int], None] | None = None,
     device: torch.device | str,
 ) -> EditResult:
@@ -521,9 +526,10 @@ def edit(
     forward under `torch.no_grad()` (unless `scores=False` and no images are asked for). With
     `target_score`, a sample whose primal probability at frame t has reached it (`>=` for step > 0,
     `<=` for step < 0) stops there: it leaves the forward batch and its later frames repeat frame t.
-    So does a sample whose primal direction at frame t lies in the span of its conditions
-    (`conditional_direction` would raise; `EditResult.degenerate` marks it): a saturated classifier's
-    vanishing gradient with `lambda1 = 0`, say. The loop ends when every sample has stopped.
+    Where a sample's primal direction at frame t lies in the span of its conditions (no direction
+    changes the primal and keeps them: a saturated classifier's vanishing gradient with `lambda1 = 0`,
+    say), `on_degenerate='raise'` raises ValueError and `'stop'` stops that sample there too, marked
+    in `EditResult.degenerate`. The loop ends when every sample has stopped.
 
     Args:
         G: Generator with `synthesis`, `num_ws`, `w_dim`, already on `device`.
@@ -542,16 +548,21 @@ def edit(
             scores not computed come back NaN. Needs `target_score` None.
         synthesis_kwargs: Extra keyword arguments of `G.synthesis`; `noise_mode` defaults to 'const'.
         grad_mode: 'retain' or 'batched', see `shared_forward`.
+        on_degenerate: 'raise' (measurements, which must not count a stopped sample as kept) or
+            'stop' (a service edit keeps the frames made so far).
         on_step: Called as `on_step(i, steps)` after update i = 1..steps; once with
             `(steps, steps)` if every sample stopped earlier.
         device: Where the latents and the computation go.
 
     Returns:
         `EditResult` with ws `[N, steps + 1, ...]` (frame 0 equal to the input), scores `[N, steps + 1]`
-        per attribute name, images `[N, steps + 1, C, H, W]` or None, and stopped_at `[N]`.
+        per attribute name, images `[N, steps + 1, C, H, W]` or None, stopped_at `[N]` and
+        degenerate `[N]`.
 
     Raises:
-        ValueError: On invalid hyperparameters, attribute names or latent shape.
+        ValueError: On invalid hyperparameters, attribute names or latent shape, or with
+            `on_degenerate='raise'` if the primal direction of some sample falls in the span of its
+            conditions.
     """
     if not scores and target_score is not None:
         raise ValueError("target_score needs the primal's scores (scores=True)")
@@ -566,6 +577,7 @@ def edit(
         lambda2=lambda2,
         target_score=target_score,
         grad_mode=grad_mode,
+        on_degenerate=on_degenerate,
     )
     ws = ws.detach().to(device)
     num_samples, num_frames = ws.shape[0], steps + 1
@@ -628,7 +640,12 @@ def edit(
             levels[1:], None if lambda2 == 1 else list(directions[1:]), lambda2=lambda2
         )
         direction, degenerate = _conditional_direction(primal_direction, cond_vectors)  # [n, D], [n]
-        if bool(degenerate.any()):  # Nothing of the primal is left to move along: the sample stops.
+        if bool(degenerate.any()):  # Nothing of the primal is left to move along.
+            if on_degenerate == "raise":
+                raise ValueError(
+                    f"At frame {t} the primal direction lies in the span of the conditions for samples "
+                    f"{active[degenerate].tolist()}"
+                )
             stopped_at[active[degenerate]] = t
             degenerate_at[active[degenerate]] = True
             active, direction = active[~degenerate], direction[~degenerate]

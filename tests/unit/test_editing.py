@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,47 @@ def test_edit_with_pack_refuses_an_edit_with_nothing_to_move_along(tiny_pack_pat
     result = edit_with_pack(pack, ws, primal="smiling", conditions=["young"], direction_kind="interfacegan",
                             steps=3, step=0.1, lambda1=0.5, lambda2=0.0)
     assert result.stop_reason is None and not torch.equal(result.ws[0], result.ws[-1])
+
+
+class FlatAfter(torch.nn.Module):
+    """A classifier whose logits keep their values but lose their gradient after `calls` calls."""
+
+    def __init__(self, inner: torch.nn.Module, calls: int) -> None:
+        super().__init__()
+        self.inner, self.calls, self.count = inner, calls, 0
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.count += 1
+        out: torch.Tensor = self.inner.logits(images)  # type: ignore[operator]
+        return out if self.count <= self.calls else out * 0 + out.detach()
+
+
+def test_edit_with_pack_stops_where_the_primal_direction_degenerates(
+    tiny_pack_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mid-edit the face keeps the frames made so far and says why it stopped (the job does not fail)."""
+    from cli.edit import write_edit
+    from models.images import to_uint8
+
+    pack = load_pack(tiny_pack_path, "cpu")
+    attribute = pack.attributes["smiling"]
+    attribute.steering = FlatAfter(attribute.steering, calls=2)  # type: ignore[assignment]
+    ws = start_ws(pack, seed=3, truncation_psi=0.7)
+    result = edit_with_pack(pack, ws, primal="smiling", conditions=["young"], direction_kind="interfacegan",
+                            steps=5, step=0.1, lambda1=0.0, lambda2=0.0)
+    assert (result.stopped_at, result.stop_reason) == (2, "degenerate")
+    assert not torch.equal(result.ws[0], result.ws[1]) and not torch.equal(result.ws[1], result.ws[2])
+    for frame in range(3, 6):
+        assert torch.equal(result.ws[frame], result.ws[2])
+        assert torch.equal(result.images[frame], result.images[2])
+    assert result.steering["smiling"][2:] == [result.steering["smiling"][2]] * 4
+    assert result.evaluated["smiling"][2:] == [result.evaluated["smiling"][2]] * 4
+
+    from PIL import Image
+
+    params = {"stopped_at": result.stopped_at, "stop_reason": result.stop_reason}
+    write_edit(tmp_path, pixels=to_uint8(result.images), latents=result.ws.numpy(), steering=result.steering,
+               evaluated=result.evaluated, params=params, image_module=Image)
+    assert "at frame 2 the primal direction fell into the span of the conditions" in capsys.readouterr().out
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert (scores["stopped_at"], scores["stop_reason"]) == (2, "degenerate")

@@ -673,27 +673,49 @@ def test_edit_stops_samples_whose_primal_direction_degenerates(linear_pair: Any)
     primal = EditAttribute("a", CappedClassifier(0, cap=0.5), u[0])
     cond = EditAttribute("b", clf_b, u[1])
     # With lambda1 = 0 the primal direction is the classifier's gradient alone: zero past the cap.
-    # Sample 3 starts past it; the others reach it at different frames (brightness tanh(<w, u_A>)).
-    ws = torch.tensor([0.0, -0.4, -0.8, 3.0], dtype=torch.float64)[:, None] * u[0]
-    G.calls.clear()
-    result = edit(
-        G, ws, primal=primal, conditions=[cond], steps=20, step=0.2, lambda1=0.0, lambda2=0.0,
-        return_images=True, device="cpu",
+    # Sample 3 starts past it; samples 0-2 reach it at different frames (brightness tanh(<w, u_A>));
+    # sample 4 starts too low to reach it in 20 steps.
+    ws = torch.tensor([0.0, -0.4, -0.8, 3.0, -3.0], dtype=torch.float64)[:, None] * u[0]
+    kwargs: dict[str, Any] = dict(
+        primal=primal, conditions=[cond], steps=20, step=0.2, lambda1=0.0, lambda2=0.0, device="cpu"
     )
+    with pytest.raises(ValueError, match=r"At frame 0 the primal direction .* for samples \[3\]"):
+        edit(G, ws, **kwargs)  # on_degenerate='raise' by default: a measurement must not count a stop.
+    G.calls.clear()
+    progress: list[tuple[int, int]] = []
+    on_step = lambda i, n: progress.append((i, n))  # noqa: E731
+    result = edit(G, ws, on_degenerate="stop", return_images=True, on_step=on_step, **kwargs)
     stopped_at, degenerate = result.stopped_at.tolist(), result.degenerate.tolist()
-    assert degenerate == [True] * 4
-    assert stopped_at[3] == 0 and 0 < stopped_at[0] < stopped_at[1] < stopped_at[2] < 20
+    assert degenerate == [True, True, True, True, False]
+    assert stopped_at[3] == 0 and 0 < stopped_at[0] < stopped_at[1] < stopped_at[2] < 20 == stopped_at[4]
     assert result.images is not None
     for i, s in enumerate(stopped_at):
         brightness = torch.tanh(result.ws[i] @ u[0] * G.row_weights.sum())  # [F]
-        assert brightness[s] >= 0.5 and (s == 0 or brightness[s - 1] < 0.5)
+        assert (brightness[s] >= 0.5) == degenerate[i] and bool((brightness[:s] < 0.5).all())
         for frames in (result.ws, result.scores["a"], result.scores["b"], result.images):
             assert torch.equal(frames[i, s:], frames[i, s : s + 1].expand_as(frames[i, s:]))
-    assert len(G.calls) == max(stopped_at) + 1  # Stopped samples leave the batch; no last-frame forward.
+    # Stopped samples leave the forward batch; the last frame's forward is for sample 4 alone.
+    batch_sizes = [size for size, _ in G.calls]
+    assert batch_sizes[0] == 5 and batch_sizes == sorted(batch_sizes, reverse=True)
+    assert len(G.calls) == 21 and batch_sizes[-1] == 1
+    assert progress == [(i, 20) for i in range(1, 21)]
+
+    # Every sample stopped: no last-frame forward, and progress ends at 100 %.
+    G.calls.clear()
+    progress.clear()
+    done = edit(G, ws[:4], on_degenerate="stop", on_step=on_step, **kwargs)
+    assert done.stopped_at.tolist() == stopped_at[:4] and len(G.calls) == max(stopped_at[:4]) + 1
+    last = max(stopped_at[:4])
+    assert progress[-1] == (20, 20) and [i for i, _ in progress[:-1]] == list(range(1, last + 1))
+
+    # A target reached in the same step wins: that sample stopped for its score.
+    target = float(result.scores["a"][0, stopped_at[0]])  # Sample 0's score where it degenerates.
+    assert target > float(result.scores["a"][0, stopped_at[0] - 1])
+    hit = edit(G, ws[:1], on_degenerate="stop", target_score=target, **kwargs)
+    assert hit.degenerate.tolist() == [False] and hit.stopped_at.tolist() == [stopped_at[0]]
 
     # An edit that never degenerates marks no sample, and the public function still refuses.
-    plain = edit(G, ws[:3], primal=primal, conditions=[cond], steps=2, step=0.2, lambda1=0.5, lambda2=0.0,
-                 device="cpu")
+    plain = edit(G, ws[:3], **{**kwargs, "steps": 2, "lambda1": 0.5})
     assert plain.degenerate.tolist() == [False] * 3 and plain.stopped_at.tolist() == [2] * 3
     with pytest.raises(ValueError, match="span of the conditions"):
         conditional_direction(torch.zeros(2, G.w_dim, dtype=torch.float64), [u[1]])
