@@ -49,13 +49,11 @@ def test_the_default_config_is_the_committed_packs(pack: ModelPack) -> None:
 
     recorded = pack.manifest["extra"]["build"]["config"]
     defaults = _build_fields(DemoPackConfig())
+    assert set(defaults) == set(recorded)
     for key, value in recorded.items():
         assert defaults[key] == (tuple(value) if isinstance(value, list) else value), key
-    # Settings added after the build keep what it did.
     assert pack.encoder is not None
-    assert defaults["encoder_width"] == pack.encoder.init_kwargs.get("width", 16)
-    assert set(defaults) - set(recorded) <= {"encoder_width", "averaged_faces"}
-    assert defaults["averaged_faces"] == "all"  # The committed pack's averaged directions: every face.
+    assert defaults["encoder_width"] == pack.encoder.init_kwargs["width"]
 
 
 def test_contents(pack: ModelPack) -> None:
