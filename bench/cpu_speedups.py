@@ -5,7 +5,7 @@
    one training step of a steering classifier (ResNet-18) and an evaluator (ResNet-34) at the build's
    width and batch, one encoder training step (latent and pixel loss through the renderer), and a
    steering classifier's forward and backward to the images on `--faces` faces (its part of an IALS
-   gradient).
+   gradient), and a 20-step edit of one demo-pack face as the service runs it (batch 1).
 2. `torch.compile` of the procedural renderer (inductor, fused C++ kernels), which the code does not
    use: the renderer's forward and backward to `w+` on `--faces` faces, the backward being most of an
    IALS gradient. The compile time is measured cold (an empty inductor cache); every worker process
@@ -133,6 +133,23 @@ def classifier_gradient(faces: torch.Tensor) -> Callable[[], None]:
     return gradient
 
 
+def pack_edit() -> Callable[[], None]:
+    """A service edit: one demo-pack face, 20 steps, young with eyeglasses kept (batch 1 throughout,
+    21 frames scored by the evaluators at the end)."""
+    from models.editing import edit_with_pack, start_ws
+    from models.pack import load_pack
+    from service.config import DEFAULT_PACK_PATH
+
+    pack = load_pack(DEFAULT_PACK_PATH, "cpu")
+    ws = start_ws(pack, seed=3, truncation_psi=0.7)
+
+    def run() -> None:
+        edit_with_pack(pack, ws, primal="young", conditions=["eyeglasses"], direction_kind="interfacegan",
+                       steps=20, step=0.2, lambda1=0.75, lambda2=0.0)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,6 +181,9 @@ def main() -> None:
     gradient = classifier_gradient(faces)
     side_by_side("  steering classifier forward and backward to the images", in_default_layout(gradient),
                  gradient, args.repeat)
+    edit = pack_edit()
+    side_by_side("  one demo-pack face edited, 20 steps (batch 1)", in_default_layout(edit), edit,
+                 args.repeat)
 
     if not args.skip_compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # A cold compile.

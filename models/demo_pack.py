@@ -136,8 +136,8 @@ class DemoPackConfig:
     # Measurements (not recorded in the manifest: they do not change the pack).
     eval_faces: int = 2000
     flip_faces: int = 200
-    # The DT comparison costs about 45 s of one CPU core per (primal, condition, sign) at 200 faces
-    # (the renderer's backward pass dominates): the 80 of them took 36 minutes on 2 cores.
+    # The DT comparison (40 primal, condition and sign triples, 5 methods) and the flip rates took
+    # 2,361 s on 2 cores at 200 faces (the renderer's backward pass dominates).
     dt_faces: int = 200
     encoder_faces: int = 50
     sheet_faces: int = 32
@@ -708,7 +708,7 @@ def _run_jobs(jobs: Sequence[_Job], *, workers: int, stage: str, on_progress: Pr
                 finished(name, torch.load(io.BytesIO(future.result()), weights_only=True))
         drain()
     except BaseException:
-        # Stop the other jobs now rather than wait for them (an encoder job runs for 25 minutes).
+        # Stop the other jobs now rather than wait for them (an encoder job runs for about 30 minutes).
         for process in list(getattr(pool, "_processes", {}).values()):
             process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
