@@ -166,7 +166,7 @@ def write_edit(
     image_module.fromarray(np.concatenate(pictures, axis=1)).save(out / "strip.png")
     with open(out / "latents.npy", "wb") as f:
         np.save(f, latents.astype(np.float32))
-    scores = scores_table(steering, evaluated, params["stopped_at"], params.get("stop_reason"))
+    scores = scores_table(steering, evaluated, params["stopped_at"], params["stop_reason"])
     frames = scores["frames"]
     (out / "scores.json").write_text(json.dumps(scores, indent=2, allow_nan=False))
     (out / "edit.json").write_text(json.dumps(params, indent=2, allow_nan=False))
@@ -175,7 +175,7 @@ def write_edit(
     for name in steering:
         print(f"  {name}: {first[name]:.3f} -> {last[name]:.3f}")
     stopped_at = params["stopped_at"]
-    if params.get("stop_reason") == "degenerate":
+    if params["stop_reason"] == "degenerate":
         print(
             f"  at frame {stopped_at} the primal direction fell into the span of the conditions "
             "(nothing left to move along); later frames repeat it"

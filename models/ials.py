@@ -462,7 +462,7 @@ def _validate_edit(
     lambda2: float,
     target_score: float | None,
     grad_mode: str,
-    on_degenerate: str = "raise",
+    on_degenerate: str,
 ) -> None:
     if on_degenerate not in ("raise", "stop"):
         raise ValueError(f"on_degenerate must be 'raise' or 'stop', got {on_degenerate!r}")
